@@ -1,0 +1,51 @@
+"""The gateway's exception hierarchy. No HTTP status codes here: `endpoints` owns that map."""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Root of every error the gateway raises on purpose."""
+
+
+class ProtocolError(GatewayError):
+    """A request that does not follow the Open Inference Protocol or the model's signature (bad input)."""
+
+
+class PayloadTooLargeError(GatewayError):
+    """A request body over the configured limit."""
+
+
+class UnknownModelError(GatewayError):
+    """No such model (route) is served."""
+
+
+class UnknownVersionError(UnknownModelError):
+    """The model exists but not that version."""
+
+
+class NotReadyError(GatewayError):
+    """The model or version is known but cannot serve right now."""
+
+
+class OverloadedError(GatewayError):
+    """A queue or concurrency limit was hit; the client should retry after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class UnsupportedError(GatewayError):
+    """A protocol extension or feature the gateway does not implement."""
+
+
+class BackendError(GatewayError):
+    """The model runtime failed while running a request."""
+
+
+class ModelLoadError(GatewayError):
+    """A model version could not be loaded; the message names the path and the reason."""
+
+
+class ConfigError(GatewayError):
+    """An invalid configuration; the message names the file and the exact key path."""

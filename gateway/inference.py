@@ -1,0 +1,65 @@
+"""Values of one inference: named tensors, the request and the response. Frozen, protocol-neutral."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy.typing as npt
+
+Parameters = Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Tensor:
+    """A named tensor with its V2 datatype. `array` has the tensor's real shape (BYTES as an object array)."""
+
+    name: str
+    datatype: str
+    array: npt.NDArray[Any]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.array.shape)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestedOutput:
+    """One entry of the request's `outputs`; `binary` is the resolved Triton `binary_data` flag."""
+
+    name: str
+    binary: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceRequest:
+    inputs: tuple[Tensor, ...]
+    id: str | None = None
+    # None: every output the model has, each with `binary_output` as its encoding.
+    outputs: tuple[RequestedOutput, ...] | None = None
+    binary_output: bool = False
+    parameters: Parameters = field(default_factory=dict)
+
+    def input_map(self) -> dict[str, npt.NDArray[Any]]:
+        return {t.name: t.array for t in self.inputs}
+
+    @property
+    def rows(self) -> int:
+        """Batch rows: the first dimension of the first input (1 for scalars)."""
+        if not self.inputs:
+            return 0
+        shape = self.inputs[0].array.shape
+        return int(shape[0]) if shape else 1
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceResponse:
+    model_name: str
+    model_version: str
+    outputs: tuple[Tensor, ...]
+    id: str | None = None
+    # Per output, whether to send it as Triton binary data; same order as `outputs`.
+    binary: tuple[bool, ...] = ()
+    parameters: Parameters = field(default_factory=dict)
+

@@ -1,0 +1,62 @@
+"""A model version's tensor signature (names, V2 datatypes, shapes) and the check of a request against it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.errors import ProtocolError
+from gateway.inference import InferenceRequest
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """One declared input or output. `shape` uses -1 for a variable (symbolic or unnamed) dimension."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def describe(self) -> str:
+        return f"{self.datatype}{list(self.shape)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    def input(self, name: str) -> TensorSpec | None:
+        return next((s for s in self.inputs if s.name == name), None)
+
+    def output(self, name: str) -> TensorSpec | None:
+        return next((s for s in self.outputs if s.name == name), None)
+
+    def check(self, request: InferenceRequest) -> None:
+        """Raise ProtocolError naming the first input (or output) that does not fit this signature."""
+        seen: set[str] = set()
+        for tensor in request.inputs:
+            spec = self.input(tensor.name)
+            if spec is None:
+                expected = ", ".join(s.name for s in self.inputs)
+                raise ProtocolError(f"unknown input '{tensor.name}'; the model's inputs are: {expected}")
+            if tensor.name in seen:
+                raise ProtocolError(f"input '{tensor.name}' is given more than once")
+            seen.add(tensor.name)
+            if tensor.datatype != spec.datatype:
+                raise ProtocolError(
+                    f"input '{tensor.name}' has datatype {tensor.datatype}; the model expects {spec.datatype}"
+                )
+            shape = tensor.shape
+            if len(shape) != len(spec.shape) or any(e not in (-1, a) for e, a in zip(spec.shape, shape, strict=True)):
+                raise ProtocolError(
+                    f"input '{tensor.name}' has shape {list(shape)}; the model expects {spec.describe()}"
+                    " (-1 is any size)"
+                )
+        missing = [s.name for s in self.inputs if s.name not in seen]
+        if missing:
+            raise ProtocolError(f"missing input(s): {', '.join(missing)}")
+        if request.outputs is not None:
+            for out in request.outputs:
+                if self.output(out.name) is None:
+                    expected = ", ".join(s.name for s in self.outputs)
+                    raise ProtocolError(f"unknown output '{out.name}'; the model's outputs are: {expected}")
