@@ -1,0 +1,90 @@
+"""Every serving metric the gateway exports, on an injected registry, with label children bound once per version."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# 100 us to 10 s: a tiny model answers in well under a millisecond, a slow one or a queue can take seconds.
+LATENCY_BUCKETS: Final = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+# Bounded outcome vocabulary (Triton's failure reasons, in our words).
+OUTCOMES: Final = ("success", "invalid_request", "not_found", "unavailable", "rejected", "unsupported", "error")
+
+UNKNOWN: Final = "_unknown"  # label value for requests that name no served model: bounded, never the raw name
+
+
+@dataclass(frozen=True, slots=True)
+class VersionMetrics:
+    """The children one (model, version) records into, bound at load so a request does no label lookup."""
+
+    outcomes: dict[str, Counter]
+    latency: Histogram
+    compute: Histogram
+
+
+class Metrics:
+    """The serving metrics, bound to one registry."""
+
+    def __init__(self, registry: CollectorRegistry, *, build_version: str, runtime_version: str) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "gateway_requests", "Inference requests by served model version and outcome.",
+            ["model", "version", "outcome"], registry=registry,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "gateway_request_duration_seconds", "End-to-end inference request time, body read to response encoded.",
+            ["model", "version"], buckets=LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.compute = Histogram(
+            "gateway_inference_compute_seconds", "Time inside the model runtime for one execution.",
+            ["model", "version"], buckets=LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.inflight = Gauge(
+            "gateway_inflight_requests", "Inference requests being served now.", registry=registry
+        )
+        self.model_ready = Gauge(
+            "gateway_model_ready", "1 when a model version is loaded and serving, else 0.",
+            ["model", "version"], registry=registry,
+        )  # fmt: skip
+        self.model_load_failures = Counter(
+            "gateway_model_load_failures", "Model versions that failed to load.", ["model", "version"],
+            registry=registry,
+        )  # fmt: skip
+        self.build_info = Gauge(
+            "gateway_build_info", "Build and runtime versions; always 1.",
+            ["version", "python", "onnxruntime"], registry=registry,
+        )  # fmt: skip
+        self.build_info.labels(build_version, platform.python_version(), runtime_version).set(1)
+        self._unknown = self.bind(UNKNOWN, UNKNOWN)
+
+    def bind(self, model: str, version: str) -> VersionMetrics:
+        return VersionMetrics(
+            outcomes={o: self.requests.labels(model, version, o) for o in OUTCOMES},
+            latency=self.latency.labels(model, version),
+            compute=self.compute.labels(model, version),
+        )
+
+    @property
+    def unknown(self) -> VersionMetrics:
+        """Where requests that named no served model or version are counted."""
+        return self._unknown
+
+    def forget(self, model: str, version: str) -> None:
+        """Drop a retired version's series so the exposition stays bounded across many rollouts."""
+        for outcome in OUTCOMES:
+            _remove(self.requests, model, version, outcome)
+        _remove(self.latency, model, version)
+        _remove(self.compute, model, version)
+
+
+def _remove(metric: Counter | Histogram | Gauge, *labels: str) -> None:
+    try:
+        metric.remove(*labels)
+    except KeyError:
+        pass
