@@ -60,6 +60,25 @@ class Metrics:
             "gateway_build_info", "Build and runtime versions; always 1.",
             ["version", "python", "onnxruntime"], registry=registry,
         )  # fmt: skip
+        self.config_reloads = Counter(
+            "gateway_config_reloads", "Config reload attempts by outcome (applied or rejected).", ["outcome"],
+            registry=registry,
+        )  # fmt: skip
+        self.config_generation = Gauge(
+            "gateway_config_generation", "Number of the config generation serving now (1 at start).", registry=registry
+        )
+        self.config_last_reload = Gauge(
+            "gateway_config_last_reload_timestamp_seconds", "Unix time the serving config was applied.",
+            registry=registry,
+        )  # fmt: skip
+        self.route_weight = Gauge(
+            "gateway_route_weight_ratio", "Share of a route's unpinned traffic each version is configured to get.",
+            ["route", "version"], registry=registry,
+        )  # fmt: skip
+        self.route_requests = Counter(
+            "gateway_route_requests", "Routing decisions by route, served version and reason.",
+            ["route", "version", "reason"], registry=registry,
+        )  # fmt: skip
         self.build_info.labels(build_version, platform.python_version(), runtime_version).set(1)
         self._unknown = self.bind(UNKNOWN, UNKNOWN)
 

@@ -1,0 +1,115 @@
+"""Composition root: builds every part from settings, synchronously, so a bad start-up config fails fast."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+from collections.abc import AsyncIterator, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway import __version__
+from gateway.backends import Backend
+from gateway.backends.onnx import OnnxOptions, runtime_version
+from gateway.config import DEFAULT_MAX_BODY_BYTES, RouteConfig
+from gateway.dataplane import DataPlane, Runner
+from gateway.endpoints import JSON, gateway_error, http_error, internal_error, v2_routes
+from gateway.errors import GatewayError
+from gateway.loader import Key, VersionLoader
+from gateway.metrics import Metrics
+from gateway.reloader import Reloader
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Process settings (the routing itself lives in the YAML config). Exactly one of the two sources is set."""
+
+    config_path: Path | None = None
+    model_repository: Path | None = None
+    onnx: OnnxOptions = field(default_factory=OnnxOptions)
+    reload_interval: float = 1.0  # seconds between content checks of the config file
+    watch: bool = True
+
+
+def plain_runner(backend: Backend, route: RouteConfig | None, key: Key) -> Runner:
+    return backend.infer
+
+
+def create_app(
+    settings: Settings,
+    *,
+    registry: CollectorRegistry | None = None,
+    draw: Callable[[], float] | None = None,
+) -> Starlette:
+    registry = registry if registry is not None else CollectorRegistry()
+    metrics = Metrics(registry, build_version=__version__, runtime_version=runtime_version())
+    executor = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="onnx")
+    loader = VersionLoader(settings.onnx, executor, metrics)
+    reloader = Reloader(
+        loader, metrics, plain_runner, config_path=settings.config_path, model_repository=settings.model_repository
+    )
+    snapshot = reloader.start()
+    dataplane = DataPlane(snapshot, metrics, draw=draw or random.Random().random)
+    reloader.attach(dataplane)
+    config = reloader.current.config
+
+    async def metrics_endpoint(request: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def reload_endpoint(request: Request) -> Response:
+        outcome = await reloader.check_once()
+        status = 422 if outcome == "rejected" else 200
+        return JSON({"outcome": outcome, "generation": reloader.current.number}, status_code=status)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        tasks: set[asyncio.Task[object]] = set()
+        loop = asyncio.get_running_loop()
+
+        def spawn(coro: Coroutine[object, None, object], name: str) -> None:
+            task = asyncio.create_task(coro, name=name)
+            tasks.add(task)  # the loop keeps only weak references to tasks
+            task.add_done_callback(tasks.discard)
+
+        if settings.config_path is not None and settings.watch:
+            spawn(reloader.run(settings.reload_interval), "config-watch")
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # no signals off the main thread
+                loop.add_signal_handler(signal.SIGHUP, lambda: spawn(reloader.check_once(), "config-sighup"))
+        try:
+            yield
+        finally:
+            for task in list(tasks):
+                task.cancel()
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(signal.SIGHUP)
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    app = Starlette(
+        routes=[
+            *v2_routes(),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
+            Route("/admin/reload", reload_endpoint, methods=["POST"]),
+        ],
+        exception_handlers={GatewayError: gateway_error, HTTPException: http_error, Exception: internal_error},
+        lifespan=lifespan,
+    )
+    app.state.dataplane = dataplane
+    app.state.reloader = reloader
+    app.state.metrics = metrics
+    app.state.registry = registry
+    app.state.max_body_bytes = config.server.max_body_bytes if config else DEFAULT_MAX_BODY_BYTES
+    return app

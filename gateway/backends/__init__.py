@@ -1,0 +1,30 @@
+"""Model runtimes behind one narrow seam: named arrays in, named arrays out."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy.typing as npt
+
+from gateway.signature import Signature
+
+Arrays = Mapping[str, npt.NDArray[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Execution:
+    """What one run produced, and how long the runtime itself took (queue and thread hop excluded)."""
+
+    outputs: dict[str, npt.NDArray[Any]]
+    compute_seconds: float
+
+
+class Backend(Protocol):
+    @property
+    def signature(self) -> Signature: ...
+
+    async def infer(self, inputs: Arrays) -> Execution: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,160 @@
+"""One ONNX model version in an onnxruntime session, run off the event loop with bounded concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+
+from gateway.backends import Arrays, Execution
+from gateway.errors import BackendError, ModelLoadError, OverloadedError, ProtocolError
+from gateway.protocol import DTYPES
+from gateway.signature import Signature, TensorSpec
+
+GraphOptimization = Literal["disable", "basic", "extended", "all"]
+
+_OPT_LEVEL = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+# onnxruntime's type strings -> V2 datatypes (tensor(bfloat16) has no numpy dtype here: refused at load).
+_V2_OF_ORT = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class OnnxOptions:
+    """Session options. One intra-op thread by default: on a small CPU box, parallel requests beat parallel ops."""
+
+    intra_op_threads: int = 1
+    inter_op_threads: int = 1
+    graph_optimization: GraphOptimization = "all"
+    max_concurrency: int = 2  # executions of this version at once; more wait on the semaphore
+    max_waiting: int = 1024  # requests waiting for a slot before new ones are refused with 503
+
+
+def version_signature(session: ort.InferenceSession, path: Path) -> Signature:
+    return Signature(
+        inputs=tuple(_spec(a, path) for a in session.get_inputs()),
+        outputs=tuple(_spec(a, path) for a in session.get_outputs()),
+    )
+
+
+def _spec(arg: Any, path: Path) -> TensorSpec:
+    datatype = _V2_OF_ORT.get(arg.type)
+    if datatype is None:
+        raise ModelLoadError(f"{path}: tensor '{arg.name}' has type {arg.type}, which this server does not serve")
+    # Symbolic dims come back as strings, unnamed ones as None: both are variable (-1) in V2 metadata.
+    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in arg.shape)
+    return TensorSpec(arg.name, datatype, shape)
+
+
+class OnnxBackend:
+    def __init__(self, path: Path, options: OnnxOptions, executor: Executor) -> None:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = options.intra_op_threads
+        so.inter_op_num_threads = options.inter_op_threads
+        so.graph_optimization_level = _OPT_LEVEL[options.graph_optimization]
+        so.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises bare Exception subclasses for corrupt or unsupported files
+            raise ModelLoadError(f"{path}: onnxruntime cannot load it: {_first_line(exc)}") from exc
+        self._path = path
+        self._signature = version_signature(self._session, path)
+        self._output_names = [s.name for s in self._signature.outputs]
+        self._executor = executor
+        self._slots = asyncio.Semaphore(options.max_concurrency)
+        self._max_waiting = options.max_waiting
+        self._waiting = 0
+
+    @property
+    def signature(self) -> Signature:
+        return self._signature
+
+    def warm(self) -> None:
+        """Run once on zeros so the first real request does not pay for lazy initialisation; fail the load if not."""
+        inputs = {s.name: _zeros(s) for s in self._signature.inputs}
+        try:
+            self.run(inputs)
+        except Exception as exc:
+            raise ModelLoadError(f"{self._path}: warm-up inference failed: {_first_line(exc)}") from exc
+
+    def run(self, inputs: Arrays) -> Execution:
+        """Run synchronously (the caller picks the thread); runtime errors become gateway errors."""
+        start = time.perf_counter()
+        try:
+            values = self._session.run(self._output_names, dict(inputs))
+        except InvalidArgument as exc:
+            raise ProtocolError(f"the model rejected the input: {_first_line(exc)}") from exc
+        except Exception as exc:
+            raise BackendError(f"onnxruntime failed: {_first_line(exc)}") from exc
+        return Execution(dict(zip(self._output_names, values, strict=True)), time.perf_counter() - start)
+
+    async def infer(self, inputs: Arrays) -> Execution:
+        if self._slots.locked():
+            if self._waiting >= self._max_waiting:
+                raise OverloadedError(f"{self._waiting} requests are already waiting for this model version")
+            self._waiting += 1
+            try:
+                await self._slots.acquire()
+            finally:
+                self._waiting -= 1
+        else:
+            await self._slots.acquire()
+        try:
+            # session.run releases the GIL, so the loop keeps serving while the model computes.
+            return await asyncio.get_running_loop().run_in_executor(self._executor, self.run, inputs)
+        finally:
+            self._slots.release()
+
+    def close(self) -> None:
+        # Sessions free their memory when the last reference goes; nothing to flush.
+        pass
+
+
+def _zeros(spec: TensorSpec) -> npt.NDArray[Any]:
+    shape = tuple(1 if d < 0 else d for d in spec.shape)
+    if spec.datatype == "BYTES":
+        return np.full(shape, "", dtype=object)
+    return np.zeros(shape, dtype=DTYPES[spec.datatype])
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[-1] if text else type(exc).__name__
+
+
+def load_onnx(path: Path, options: OnnxOptions, executor: Executor, *, warm: bool = True) -> OnnxBackend:
+    backend = OnnxBackend(path, options, executor)
+    if warm:
+        backend.warm()
+    return backend
+
+
+def runtime_version() -> str:
+    return str(ort.__version__)

@@ -1,0 +1,195 @@
+"""The request flow, top to bottom, against one immutable snapshot that reloads swap whole."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import Counter
+
+from gateway.backends import Arrays, Backend, Execution
+from gateway.errors import (
+    GatewayError,
+    NotReadyError,
+    OverloadedError,
+    ProtocolError,
+    UnknownModelError,
+    UnsupportedError,
+)
+from gateway.inference import InferenceResponse, Tensor
+from gateway.metrics import Metrics, VersionMetrics
+from gateway.protocol import decode_request, encode_response, requested_outputs
+from gateway.repository import VersionSource
+from gateway.routing import Decision, Route, RoutingTable, Target
+
+PLATFORM = "onnxruntime_onnx"  # what Triton reports for ONNX models; clients show it, none validate it
+
+Runner = Callable[[Arrays], Any]  # an awaitable producing an Execution: a backend's infer or a batcher's submit
+Observer = Callable[["Served", Decision, Any, Any, float], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """One loaded model version, ready to run: its backend, how to reach it and the metric children it records into."""
+
+    source: VersionSource
+    backend: Backend
+    metrics: VersionMetrics
+    infer: Runner
+    label: str = field(init=False)
+    output_names: tuple[str, ...] = field(init=False)
+    datatypes: Mapping[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Derived once at load: the request path only reads these.
+        outputs = self.backend.signature.outputs
+        object.__setattr__(self, "label", str(self.source.version))
+        object.__setattr__(self, "output_names", tuple(s.name for s in outputs))
+        object.__setattr__(self, "datatypes", {s.name: s.datatype for s in outputs})
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything a request reads, swapped whole by a reload: a request reads it once and sees one consistent table."""
+
+    generation: int
+    table: RoutingTable
+    versions: Mapping[tuple[str, int], Served]
+    # Per (route, version name, reason): the counter child, bound when the snapshot is built.
+    decisions: Mapping[tuple[str, str, str], Counter]
+    decision_header: str = "x-gateway-route"
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    body: bytes
+    header_length: int | None
+    decision: str
+
+
+# Outcome label per error class; the most specific class in the MRO wins.
+_OUTCOME: Mapping[type[GatewayError], str] = {
+    ProtocolError: "invalid_request",
+    UnknownModelError: "not_found",
+    NotReadyError: "unavailable",
+    OverloadedError: "rejected",
+    UnsupportedError: "unsupported",
+}
+
+
+def outcome_of(exc: GatewayError) -> str:
+    return next((_OUTCOME[c] for c in type(exc).__mro__ if c in _OUTCOME), "error")
+
+
+class DataPlane:
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        metrics: Metrics,
+        *,
+        draw: Callable[[], float],
+        observers: tuple[Observer, ...] = (),
+    ) -> None:
+        self._snapshot = snapshot
+        self._metrics = metrics
+        self._draw = draw
+        self._observers = observers
+        self._inflight = metrics.inflight
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    def swap(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot  # one assignment on the event loop: requests see the old table or the new one
+
+    def route(self, name: str) -> Route:
+        route = self._snapshot.table.routes.get(name)
+        if route is None:
+            raise UnknownModelError(f"unknown model '{name}'")
+        return route
+
+    def resolve(self, name: str, pin: str | None) -> tuple[Target, Served]:
+        """The version a metadata or ready call means: the pinned one, else the route's baseline."""
+        snapshot = self._snapshot
+        route = snapshot.table.routes.get(name)
+        if route is None:
+            raise UnknownModelError(f"unknown model '{name}'")
+        target = route.target(pin) if pin is not None else route.baseline
+        served = snapshot.versions.get((target.model, target.version))
+        if served is None:
+            raise NotReadyError(f"model '{name}' version {target.version} is not loaded")
+        return target, served
+
+    async def infer(self, name: str, pin: str | None, headers: Mapping[str, str], body: bytes,
+                    header_length: int | None) -> Reply:  # fmt: skip
+        start = time.perf_counter()
+        snapshot = self._snapshot  # one read: the whole request sees one table
+        metrics = self._metrics.unknown
+        self._inflight.inc()
+        try:
+            route = snapshot.table.routes.get(name)
+            if route is None:
+                raise UnknownModelError(f"unknown model '{name}'")
+            decision = route.pick(headers, pin, self._draw())
+            target = decision.target
+            served = snapshot.versions.get((target.model, target.version))
+            if served is None:
+                raise NotReadyError(f"model '{name}' version {target.version} is not loaded")
+            metrics = served.metrics
+            snapshot.decisions[(name, target.name, decision.reason)].inc()
+            request = decode_request(body, header_length)
+            served.backend.signature.check(request)
+            execution: Execution = await served.infer(request.input_map())
+            metrics.compute.observe(execution.compute_seconds)
+            names, binary = requested_outputs(request, served.output_names)
+            produced = execution.outputs
+            outputs = tuple(Tensor(n, served.datatypes[n], produced[n]) for n in names)
+            response = InferenceResponse(name, served.label, outputs, request.id, binary)
+            encoded, head_length = encode_response(response)
+            elapsed = time.perf_counter() - start
+            for observe in self._observers:  # side channels: each must return at once and never raise
+                observe(served, decision, request, response, elapsed)
+        except GatewayError as exc:
+            metrics.outcomes[outcome_of(exc)].inc()
+            metrics.latency.observe(time.perf_counter() - start)
+            raise
+        finally:
+            self._inflight.dec()
+        metrics.outcomes["success"].inc()
+        metrics.latency.observe(elapsed)
+        return Reply(encoded, head_length, f"{name}/{target.name};version={target.version};reason={decision.reason}")
+
+    def model_metadata(self, name: str, pin: str | None) -> dict[str, Any]:
+        route = self.route(name)
+        target, served = self.resolve(name, pin)
+        signature = served.backend.signature
+        body: dict[str, Any] = {
+            "name": name,
+            "versions": [str(t.version) for t in route.targets],
+            "platform": PLATFORM,
+            "inputs": [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in signature.inputs],
+            "outputs": [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in signature.outputs],
+        }
+        if served.source.metadata:
+            body["parameters"] = {"version": served.label, "version_name": target.name, **served.source.metadata}
+        return body
+
+    def model_ready(self, name: str, pin: str | None) -> bool:
+        try:
+            self.resolve(name, pin)
+        except NotReadyError:
+            return False
+        return True
+
+    def ready(self) -> bool:
+        """Ready when every version that a route can send traffic to is loaded."""
+        snapshot = self._snapshot
+        return all(
+            (t.model, t.version) in snapshot.versions
+            for route in snapshot.table.routes.values()
+            for t in route.targets
+            if route.weights()[t.name] > 0
+        )

@@ -1,0 +1,198 @@
+"""Config file -> validated config -> loaded, warmed versions -> one new snapshot, swapped whole; or the old one kept.
+
+Change is detected by content hash, never mtime, so in-place edits, atomic renames and Kubernetes ConfigMap symlink
+swaps (which keep the file's own mtime) are all seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, get_args
+
+from gateway.config import GatewayConfig, parse_config_bytes
+from gateway.dataplane import DataPlane, Snapshot
+from gateway.errors import ConfigError, GatewayError, ModelLoadError
+from gateway.loader import Key, Loaded, RunnerFactory, VersionLoader, repository_config
+from gateway.metrics import Metrics
+from gateway.routing import Reason, RoutingTable
+
+logger = logging.getLogger(__name__)
+
+Outcome = Literal["applied", "unchanged", "rejected"]
+REASONS: tuple[str, ...] = get_args(Reason)
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    """What is serving now: the config, its hash and the versions it loaded."""
+
+    number: int
+    config: GatewayConfig
+    digest: str
+    loaded: dict[Key, Loaded]
+    failed: dict[Key, str]
+
+
+def build_snapshot(
+    number: int, config: GatewayConfig, loaded: dict[Key, Loaded], metrics: Metrics, decision_header: str
+) -> Snapshot:
+    table = RoutingTable.from_config(config)
+    for name, route in table.routes.items():
+        for version, share in route.weights().items():
+            metrics.route_weight.labels(name, version).set(share)
+    decisions = {
+        (name, target.name, reason): metrics.route_requests.labels(name, target.name, reason)
+        for name, route in table.routes.items()
+        for target in route.targets
+        for reason in REASONS
+    }
+    return Snapshot(number, table, {k: v.served for k, v in loaded.items()}, decisions, decision_header)
+
+
+class Reloader:
+    """Owns the path from config to snapshot. `start()` at boot (fails fast), `check_once()` on every tick/signal."""
+
+    def __init__(
+        self,
+        loader: VersionLoader,
+        metrics: Metrics,
+        wrap: RunnerFactory,
+        *,
+        config_path: Path | None,
+        model_repository: Path | None = None,
+        decision_header: str = "x-gateway-route",
+        on_swap: Callable[[Generation, Generation | None], None] | None = None,
+    ) -> None:
+        if (config_path is None) == (model_repository is None):
+            raise ValueError("give exactly one of config_path and model_repository")
+        self._loader = loader
+        self._metrics = metrics
+        self._wrap = wrap
+        self._path = config_path
+        self._repository = model_repository
+        self._decision_header = decision_header
+        self._on_swap = on_swap
+        self._lock = asyncio.Lock()
+        self._current: Generation | None = None
+        self._dataplane: DataPlane | None = None
+        self._sm = _ReloadMetrics(metrics)
+
+    @property
+    def current(self) -> Generation:
+        if self._current is None:
+            raise RuntimeError("start() has not run")
+        return self._current
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    def start(self) -> Snapshot:
+        """Load the first config. Any config fault raises; a model that fails to load is reported and the rest serve."""
+        if self._path is not None:
+            raw = self._path.read_bytes()
+            config = parse_config_bytes(raw, source=str(self._path), base_dir=self._path.parent)
+            digest = hashlib.sha256(raw).hexdigest()
+            loaded, failed = self._loader.load_all(config, {}, self._wrap, strict=False)
+        else:
+            assert self._repository is not None
+            config = repository_config(self._repository)
+            loaded, failed = self._loader.load_all(config, {}, self._wrap, strict=False)
+            if failed:  # unversioned requests go to the highest version that did load, as Triton does
+                config = repository_config(self._repository, exclude=set(failed))
+            digest = ""
+        generation = Generation(1, config, digest, loaded, failed)
+        self._install(generation, None)
+        self._sm.applied(generation.number)
+        return build_snapshot(1, config, loaded, self._metrics, self._decision_header)
+
+    def attach(self, dataplane: DataPlane) -> None:
+        self._dataplane = dataplane
+
+    async def check_once(self) -> Outcome:
+        """Re-read the config; if its content changed, validate, load, warm and swap, or keep the old one."""
+        if self._path is None:
+            return "unchanged"
+        async with self._lock:  # a SIGHUP and the watcher must not build two snapshots at once
+            try:
+                raw = await asyncio.to_thread(self._path.read_bytes)
+            except OSError as exc:
+                # Mid-swap of a ConfigMap symlink the file can vanish for a moment: keep serving, try next tick.
+                self._sm.rejected()
+                logger.error("config reload rejected: cannot read %s: %s", self._path, exc)
+                return "rejected"
+            digest = hashlib.sha256(raw).hexdigest()
+            if digest == self.current.digest:
+                return "unchanged"
+            try:
+                generation, snapshot = await asyncio.to_thread(self._prepare, raw, digest)
+            except (ConfigError, ModelLoadError, GatewayError) as exc:
+                self._sm.rejected()
+                logger.error("config reload rejected, the previous config keeps serving: %s", exc)
+                return "rejected"
+            previous = self.current
+            self._install(generation, previous)
+            if self._dataplane is not None:
+                self._dataplane.swap(snapshot)
+            self._sm.applied(generation.number)
+            logger.info("config generation %d applied from %s", generation.number, self._path)
+            return "applied"
+
+    def _prepare(self, raw: bytes, digest: str) -> tuple[Generation, Snapshot]:
+        assert self._path is not None
+        config = parse_config_bytes(raw, source=str(self._path), base_dir=self._path.parent)
+        current = self.current
+        # strict: one version that fails to load rejects the whole reload, so traffic never meets a broken table.
+        loaded, _ = self._loader.load_all(config, current.loaded, self._wrap, strict=True)
+        number = current.number + 1
+        snapshot = build_snapshot(number, config, loaded, self._metrics, self._decision_header)
+        return Generation(number, config, digest, loaded, {}), snapshot
+
+    def _install(self, generation: Generation, previous: Generation | None) -> None:
+        self._current = generation
+        for model, version in generation.loaded:
+            self._metrics.model_ready.labels(model, str(version)).set(1)
+        for model, version in generation.failed:
+            self._metrics.model_ready.labels(model, str(version)).set(0)
+        if previous is not None:
+            for key, old in previous.loaded.items():
+                kept = generation.loaded.get(key)
+                if kept is None or kept.served is not old.served:
+                    # Retired: requests already running hold their own reference and finish on it; new ones cannot
+                    # reach it. The session is freed when the last of them drops it.
+                    if kept is None:
+                        self._metrics.model_ready.remove(key[0], str(key[1]))
+                        self._metrics.forget(key[0], str(key[1]))
+        if self._on_swap is not None:
+            self._on_swap(generation, previous)
+
+    async def run(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.check_once()
+            except Exception:  # the watcher must outlive any surprise; the next tick tries again
+                logger.exception("config check failed")
+
+
+class _ReloadMetrics:
+    def __init__(self, metrics: Metrics) -> None:
+        reloads = metrics.config_reloads
+        self._applied = reloads.labels("applied")
+        self._rejected = reloads.labels("rejected")
+        self._generation = metrics.config_generation
+        self._last = metrics.config_last_reload
+
+    def applied(self, number: int) -> None:
+        self._applied.inc()
+        self._generation.set(number)
+        self._last.set(time.time())
+
+    def rejected(self) -> None:
+        self._rejected.inc()
