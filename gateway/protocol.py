@@ -252,12 +252,25 @@ def _from_json(
         raise ProtocolError(f"{where}: data has {parsed.size} elements; shape {list(shape)} needs {count}")
     if count == 0:
         return np.empty(shape, dtype=dtype)
+    if dtype.kind in "iu" and parsed.dtype.kind in "fO":
+        # Integers past int64 (UINT64's top half) make numpy fall back to float or object: recheck them exactly.
+        parsed = _exact_integers(data, dtype, where)
     if parsed.dtype.kind not in _KIND_OK[dtype.kind]:
         expected = {"b": "true/false", "i": "integers", "u": "integers", "f": "numbers"}[dtype.kind]
         raise ProtocolError(f"{where}: {datatype} data must be {expected}, got {_kind_name(parsed.dtype)}")
     if dtype.kind in "iu" and not _fits(parsed, dtype):
         raise ProtocolError(f"{where}: a value is out of range for {datatype}")
     return parsed.astype(dtype, copy=False).reshape(shape)
+
+
+def _exact_integers(data: list[Any], dtype: np.dtype[Any], where: str) -> npt.NDArray[Any]:
+    flat = np.array(data, dtype=object).ravel()
+    if not all(type(v) is int for v in flat):
+        return np.asarray(data)  # not all integers: the caller reports the kind it finds
+    try:
+        return np.array(flat.tolist(), dtype=dtype)
+    except OverflowError:
+        raise ProtocolError(f"{where}: a value is out of range for {DATATYPE_OF[dtype]}") from None
 
 
 def _kind_name(dtype: np.dtype[Any]) -> str:
