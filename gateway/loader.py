@@ -73,7 +73,7 @@ class VersionLoader:
         otherwise failures are returned by key with their reason and the rest still load (start-up)."""
         loaded: dict[Key, Loaded] = {}
         failed: dict[Key, str] = {}
-        for route, key in _referenced(config):
+        for route, name, key in _referenced(config):
             if key in loaded:
                 continue
             try:
@@ -81,16 +81,17 @@ class VersionLoader:
             except ModelLoadError as exc:
                 self._metrics.model_load_failures.labels(key[0], str(key[1])).inc()
                 if strict:
-                    raise ModelLoadError(f"routes.{route.name}: model {key[0]} version {key[1]}: {exc}") from exc
+                    where = f"{config.source}: routes.{route.name}.versions.{name}"
+                    raise ModelLoadError(f"{where}: model {key[0]} version {key[1]}: {exc}") from exc
                 logger.error("model %s version %s failed to load: %s", key[0], key[1], exc)
                 failed[key] = str(exc)
         return loaded, failed
 
 
-def _referenced(config: GatewayConfig) -> Iterable[tuple[RouteConfig, Key]]:
+def _referenced(config: GatewayConfig) -> Iterable[tuple[RouteConfig, str, Key]]:
     for route in config.routes.values():
-        for spec in route.versions.values():
-            yield route, (route.model, spec.version)
+        for name, spec in route.versions.items():
+            yield route, name, (route.model, spec.version)
 
 
 def repository_config(
