@@ -1,0 +1,350 @@
+"""Prediction log: a sample of served requests written as JSON lines, off the request path.
+
+`PredictionLog.offer` is called on the request path. It samples, then appends references to the tensors to a bounded
+deque: no encoding, no I/O, no awaiting, no exceptions. A background task (`run`) drains the deque in chunks and
+encodes + writes each chunk in a worker thread, rotating the file by size like `logging.handlers.RotatingFileHandler`
+(`log.jsonl` -> `log.jsonl.1` -> ... -> `log.jsonl.<backups>`). Dropped and failed records are counted, never silent.
+
+Tensors are kept by reference until written: callers must not mutate arrays after offering them (the gateway's
+tensors are never mutated after the response is built).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import random as _random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import orjson
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gateway.errors import ConfigError
+from gateway.inference import Tensor
+
+logger = logging.getLogger(__name__)
+
+_KEY = "prediction_log"
+# Records per write: bounds the memory of one encode and the time a write holds the file lock.
+_CHUNK = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionLogConfig:
+    """`max_bytes` 0: never rotate. `backups` 0: a full file is truncated instead of rotated."""
+
+    path: Path
+    sample_rate: float = 1.0
+    max_queue: int = 10_000
+    max_bytes: int = 100 * 1024 * 1024
+    backups: int = 5
+    max_elements: int = 1024  # per tensor; longer tensors are cut and marked `"truncated": true`
+
+
+def parse_prediction_log(data: object) -> PredictionLogConfig | None:
+    """Validate the `prediction_log:` section of a YAML document; None when the section is absent or null."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"the configuration must be a mapping, got {type(data).__name__}")
+    section = data.get(_KEY)
+    if section is None:
+        return None
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"{_KEY}: must be a mapping, got {type(section).__name__}")
+    known = {"path", "sample_rate", "max_queue", "max_bytes", "backups", "max_elements"}
+    for key in section:
+        if key not in known:
+            raise ConfigError(f"{_KEY}.{key}: unknown key (expected one of {', '.join(sorted(known))})")
+    if "path" not in section:
+        raise ConfigError(f"{_KEY}.path: required")
+    path = section["path"]
+    if not isinstance(path, str) or not path.strip():
+        raise ConfigError(f"{_KEY}.path: must be a non-empty string, got {path!r}")
+    defaults = PredictionLogConfig(Path(path))
+    return PredictionLogConfig(
+        path=Path(path),
+        sample_rate=_rate(section, "sample_rate", defaults.sample_rate),
+        max_queue=_integer(section, "max_queue", defaults.max_queue, minimum=1),
+        max_bytes=_integer(section, "max_bytes", defaults.max_bytes, minimum=0),
+        backups=_integer(section, "backups", defaults.backups, minimum=0),
+        max_elements=_integer(section, "max_elements", defaults.max_elements, minimum=0),
+    )
+
+
+def _integer(section: Mapping[Any, Any], key: str, default: int, *, minimum: int) -> int:
+    value = section.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{_KEY}.{key}: must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _rate(section: Mapping[Any, Any], key: str, default: float) -> float:
+    value = section.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{_KEY}.{key}: must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+class _Tally(Collector):
+    """A counter that is a plain int, for the request path: prometheus_client's Counter.inc takes a lock (~0.6 µs).
+
+    Only the event loop thread increments it; a scrape reads the int, which is atomic under the GIL.
+    """
+
+    def __init__(self, name: str, documentation: str) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.value = 0
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self.name, self.documentation, value=self.value)
+
+    def describe(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self.name, self.documentation)
+
+
+class PredictionLogMetrics:
+    """Create once per registry; every `PredictionLog` built with it (e.g. across reloads) adds to the same counts."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.records = Counter("gateway_predlog_records", "Prediction log records written.", registry=registry)
+        self.write_errors = Counter(
+            "gateway_predlog_write_errors",
+            "Prediction log records lost to encoding or file errors.",
+            registry=registry,
+        )
+        self.dropped = _Tally(
+            "gateway_predlog_dropped", "Sampled prediction log records dropped: queue full or log closed."
+        )
+        registry.register(self.dropped)
+
+
+# (id, unix time, model, version, reason, inputs, outputs, latency_ms): a tuple is the cheapest thing to append.
+_Record = tuple[str | None, float, str, str, str, Sequence[Tensor], Sequence[Tensor], float]
+
+
+class PredictionLog:
+    def __init__(
+        self,
+        config: PredictionLogConfig,
+        *,
+        metrics: PredictionLogMetrics,
+        clock: Callable[[], float] = time.time,
+        random: Callable[[], float] | None = None,
+    ) -> None:
+        self._config = config
+        self._metrics = metrics
+        self._clock = clock
+        self._random = random if random is not None else _random.Random().random
+        self._queue: deque[_Record] = deque()
+        self._max_queue = config.max_queue
+        self._rate = config.sample_rate
+        self._dropped = metrics.dropped
+        self._closed = False
+        self._wakeup: asyncio.Event | None = None
+        # Serialises file access between the writer thread and flush_once/aclose.
+        self._lock = threading.Lock()
+        self._file: IO[bytes] | None = None
+        self._size = 0
+        self._failing = False
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def offer(
+        self,
+        *,
+        request_id: str | None,
+        model: str,
+        version: str,
+        reason: str,
+        inputs: Sequence[Tensor],
+        outputs: Sequence[Tensor],
+        latency_ms: float,
+    ) -> None:
+        """Maybe log one served request. Never awaits, never raises, never blocks."""
+        try:
+            if self._rate < 1.0 and self._random() >= self._rate:
+                return
+            if self._closed or len(self._queue) >= self._max_queue:
+                self._dropped.value += 1
+                return
+            self._queue.append((request_id, self._clock(), model, version, reason, inputs, outputs, latency_ms))
+            if self._wakeup is not None:
+                self._wakeup.set()
+        except Exception:  # a broken injected clock or random must not fail a request
+            self._dropped.value += 1
+
+    async def run(self) -> None:
+        """The writer: wait for records, encode and write them in a worker thread. Returns after `aclose`."""
+        wakeup = self._wakeup = asyncio.Event()
+        if self._queue:
+            wakeup.set()  # records offered before the writer started
+        try:
+            while not self._closed:
+                await wakeup.wait()
+                wakeup.clear()  # before draining, so a record offered during the write sets it again
+                while self._queue and not self._closed:
+                    await asyncio.to_thread(self._write_chunk)
+        finally:
+            self._wakeup = None
+
+    def flush_once(self) -> int:
+        """Drain the queue and write it in the calling thread; returns the number of records written."""
+        written = 0
+        while self._queue:
+            written += self._write_chunk()
+        return written
+
+    async def aclose(self) -> None:
+        """Stop accepting records, write what is queued, close the file."""
+        self._closed = True
+        if self._wakeup is not None:
+            self._wakeup.set()
+        await asyncio.to_thread(self.close)
+
+    def close(self) -> None:
+        """Synchronous `aclose` for threads and tests: stop accepting, write what is queued, close the file."""
+        self._closed = True
+        self.flush_once()
+        with self._lock:
+            self._close_file()
+
+    # -- writer side (worker thread) ---------------------------------------------------------------------------------
+
+    def _write_chunk(self) -> int:
+        with self._lock:
+            records: list[_Record] = []
+            queue = self._queue
+            while queue and len(records) < _CHUNK:
+                records.append(queue.popleft())
+            lines = []
+            for record in records:
+                try:
+                    lines.append(self._encode(record))
+                except Exception:
+                    logger.exception("prediction log: cannot encode a record of %s/%s", record[2], record[3])
+                    self._metrics.write_errors.inc()
+            return self._write_lines(lines)
+
+    def _encode(self, record: _Record) -> bytes:
+        request_id, stamp, model, version, reason, inputs, outputs, latency_ms = record
+        cap = self._config.max_elements
+        document = {
+            "id": request_id,
+            "time": datetime.fromtimestamp(stamp, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
+            "model": model,
+            "version": version,
+            "reason": reason,
+            "inputs": {t.name: _tensor(t, cap) for t in inputs},
+            "outputs": {t.name: _tensor(t, cap) for t in outputs},
+            "latency_ms": latency_ms,
+        }
+        return orjson.dumps(document) + b"\n"
+
+    def _write_lines(self, lines: list[bytes]) -> int:
+        """Write whole lines, rotating between lines; the file is unbuffered, so what `write` took is on its way."""
+        written = 0
+        limit = self._config.max_bytes
+        segment: list[bytes] = []
+        pending = 0
+        try:
+            self._open()
+            for line in lines:
+                if limit and self._size + pending and self._size + pending + len(line) > limit:
+                    self._write_segment(segment)
+                    written += len(segment)
+                    segment, pending = [], 0
+                    self._rotate()
+                segment.append(line)
+                pending += len(line)
+            self._write_segment(segment)
+            written += len(segment)
+        except OSError as exc:
+            self._metrics.records.inc(written)
+            self._metrics.write_errors.inc(len(lines) - written)
+            if not self._failing:
+                logger.error("prediction log: cannot write %s: %s", self._config.path, exc)
+            self._failing = True
+            self._close_file()
+            return written
+        if self._failing:
+            logger.info("prediction log: writing %s again", self._config.path)
+            self._failing = False
+        self._metrics.records.inc(written)
+        return written
+
+    def _write_segment(self, segment: list[bytes]) -> None:
+        if not segment:
+            return
+        assert self._file is not None
+        data = memoryview(b"".join(segment))
+        self._size += len(data)
+        while data:
+            count = self._file.write(data)
+            if not count:
+                raise OSError(f"{self._config.path}: the file took no bytes")
+            data = data[count:]
+
+    def _open(self) -> None:
+        if self._file is None:
+            self._file = open(self._config.path, "ab", buffering=0)  # kept open across chunks
+            self._size = self._file.tell()
+
+    def _rotate(self) -> None:
+        """RotatingFileHandler's scheme: shift `.i` to `.i+1`, dropping the oldest, then start a new file."""
+        self._close_file()
+        path = str(self._config.path)
+        backups = self._config.backups
+        if backups > 0:
+            for i in range(backups - 1, 0, -1):
+                source = f"{path}.{i}"
+                if os.path.exists(source):
+                    os.replace(source, f"{path}.{i + 1}")
+            os.replace(path, f"{path}.1")
+            self._file = open(path, "ab", buffering=0)
+        else:
+            self._file = open(path, "wb", buffering=0)  # no backups: truncate
+        self._size = 0
+
+    def _close_file(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass
+            self._file = None
+
+
+def _tensor(tensor: Tensor, cap: int) -> dict[str, Any]:
+    array = tensor.array
+    size = int(array.size)
+    flat = array.reshape(-1) if size <= cap else np.asarray(array.flat[:cap])
+    encoded: dict[str, Any] = {"datatype": tensor.datatype, "shape": list(tensor.shape), "data": _values(flat)}
+    if size > cap:
+        encoded["truncated"] = True
+    return encoded
+
+
+def _values(flat: np.ndarray[Any, Any]) -> list[Any]:
+    if flat.dtype == object or flat.dtype.kind in "SU":
+        return [v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else str(v) for v in flat.tolist()]
+    if flat.dtype.kind == "f":
+        # JSON has no NaN or infinity: write them as strings rather than lose them (orjson would write null).
+        values: list[Any] = flat.tolist()
+        if not np.isfinite(flat).all():
+            values = [v if math.isfinite(v) else str(v) for v in values]
+        return values
+    return list(flat.tolist())
