@@ -27,8 +27,9 @@ Limits with 3+ versions (non-baseline v_1..v_k in declaration order, baseline la
   the one above. Only v_k, the last declared, takes keys only from the baseline; so ramp the newest candidate by
   declaring it last, or ramp one candidate at a time;
 - largest-remainder rounding is decided jointly: when the shares of v_j and the baseline change, a version whose
-  share did not change can still gain or lose its rounding bucket, moving at most one bucket (1/BUCKETS of keys) per
-  range boundary.
+  share did not change can still gain or lose its one rounding bucket, so a boundary can move by at most one bucket
+  (1/BUCKETS of keys) per version laid out below it, and v_j can lose that many of its lowest keys (tested:
+  tests/test_routing.py bounds it by j + 1 buckets; in practice at most 1). With two versions this never happens.
 """
 
 from __future__ import annotations

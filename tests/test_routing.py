@@ -40,8 +40,10 @@ CANARY: dict[str, Any] = {
     "split": {
         "weights": {"stable": 90, "canary": 10},
         "sticky": {"key": ["header:x-user-id", "cookie:uid"], "salt": "exp-1"},
-        "overrides": [{"header": {"x-canary": "1"}, "to": "canary"}, {"header": {"x-qa": "yes", "x-env": "stg"},
-                                                                       "to": "dark"}],
+        "overrides": [
+            {"header": {"x-canary": "1"}, "to": "canary"},
+            {"header": {"x-qa": "yes", "x-env": "stg"}, "to": "dark"},
+        ],
     },
 }
 
@@ -94,15 +96,29 @@ def test_override_needs_every_header_of_its_entry() -> None:
 
 
 def test_first_matching_override_wins() -> None:
-    route = make_route({"versions": {"a": 1, "b": 2}, "split": {"weights": {"a": 1}, "overrides": [
-        {"header": {"x-t": "1"}, "to": "b"}, {"header": {"x-t": "1"}, "to": "a"}]}})
+    route = make_route(
+        {
+            "versions": {"a": 1, "b": 2},
+            "split": {
+                "weights": {"a": 1},
+                "overrides": [{"header": {"x-t": "1"}, "to": "b"}, {"header": {"x-t": "1"}, "to": "a"}],
+            },
+        }
+    )
     assert route.pick({"x-t": "1"}, None, 0.5).target.name == "b"
 
 
 def test_header_names_in_config_ignore_case_and_starlette_headers_work() -> None:
-    route = make_route({"versions": {"a": 1, "b": 2}, "split": {
-        "weights": {"a": 1}, "sticky": {"key": "header:X-User-Id"}, "overrides": [{"header": {"X-Canary": "1"},
-                                                                                  "to": "b"}]}})
+    route = make_route(
+        {
+            "versions": {"a": 1, "b": 2},
+            "split": {
+                "weights": {"a": 1},
+                "sticky": {"key": "header:X-User-Id"},
+                "overrides": [{"header": {"X-Canary": "1"}, "to": "b"}],
+            },
+        }
+    )
     assert route.pick(Headers({"X-CANARY": "1"}), None, 0.5).reason == "override"
     assert route.pick(Headers({"X-User-ID": "u1"}), None, 0.5).reason == "sticky"
 
@@ -153,8 +169,12 @@ def test_sticky_key_maps_to_the_version_owning_its_bucket() -> None:
 
 
 def test_bucket_layout_puts_baseline_high_and_others_from_zero_in_declaration_order() -> None:
-    route = make_route({"versions": {"b": 1, "base": 2, "a": 3, "dark": 4},
-                        "split": {"weights": {"a": 30, "b": 20, "base": 50}, "baseline": "base"}})
+    route = make_route(
+        {
+            "versions": {"b": 1, "base": 2, "a": 3, "dark": 4},
+            "split": {"weights": {"a": 30, "b": 20, "base": 50}, "baseline": "base"},
+        }
+    )
     assert route.bucket_range("b") == range(2_000)
     assert route.bucket_range("a") == range(2_000, 5_000)
     assert route.bucket_range("base") == range(5_000, 10_000)
@@ -213,8 +233,10 @@ def test_on_missing_baseline_sends_keyless_requests_to_the_baseline() -> None:
 
 
 def test_on_missing_reject_is_a_protocol_error_naming_the_keys() -> None:
-    spec = {**CANARY, "split": {**CANARY["split"], "sticky": {"key": ["header:x-user-id", "cookie:uid"],
-                                                              "on_missing": "reject"}}}
+    spec = {
+        **CANARY,
+        "split": {**CANARY["split"], "sticky": {"key": ["header:x-user-id", "cookie:uid"], "on_missing": "reject"}},
+    }
     route = make_route(spec)
     with pytest.raises(ProtocolError) as info:
         route.pick({"cookie": "other=1"}, None, 0.5)
@@ -301,8 +323,11 @@ def assignments(route: Route) -> list[str]:
 
 BASE_SPEC: dict[str, Any] = {
     "versions": {"stable": 1, "canary": 2, "b": 3},
-    "split": {"weights": {"stable": 70, "canary": 20, "b": 10}, "baseline": "stable",
-              "sticky": {"key": "header:x-user-id", "salt": "s1"}},
+    "split": {
+        "weights": {"stable": 70, "canary": 20, "b": 10},
+        "baseline": "stable",
+        "sticky": {"key": "header:x-user-id", "salt": "s1"},
+    },
 }
 
 
@@ -353,9 +378,16 @@ def test_sticky_assignments_move_when_salt_baseline_or_order_change(name: str) -
 
 
 def ramp_route(candidate: float, baseline: float, salt: str = "ramp") -> Route:
-    return make_route({"versions": {"stable": 1, "canary": 2}, "split": {
-        "weights": {"stable": baseline, "canary": candidate}, "baseline": "stable",
-        "sticky": {"key": "header:x-user-id", "salt": salt}}})
+    return make_route(
+        {
+            "versions": {"stable": 1, "canary": 2},
+            "split": {
+                "weights": {"stable": baseline, "canary": candidate},
+                "baseline": "stable",
+                "sticky": {"key": "header:x-user-id", "salt": salt},
+            },
+        }
+    )
 
 
 def test_ramp_over_100k_keys_never_moves_a_key_out_of_the_candidate() -> None:
@@ -382,8 +414,10 @@ def bucket_owners(route: Route) -> list[str]:
 
 
 @settings(derandomize=True, max_examples=200, deadline=None)
-@given(st.lists(st.floats(min_value=0, max_value=1_000, allow_nan=False), min_size=2, max_size=8),
-       st.floats(min_value=1, max_value=1_000))
+@given(
+    st.lists(st.floats(min_value=0, max_value=1_000, allow_nan=False), min_size=2, max_size=8),
+    st.floats(min_value=1, max_value=1_000),
+)
 def test_any_two_version_ramp_is_monotonic(candidate_weights: list[float], total: float) -> None:
     # Checked on all 10,000 buckets, so it covers every possible key, not a sample.
     previous: list[str] | None = None
@@ -424,8 +458,9 @@ def test_three_plus_versions_ramp_loses_at_most_rounding_buckets(others: list[in
 
 
 def test_routing_table_builds_every_route_and_rejects_unknown_models() -> None:
-    config = parse_config({"model_repository": "m", "routes": {"a": {"versions": {"v1": 1}}, "b": CANARY}},
-                          source="t", base_dir=Path("."))
+    config = parse_config(
+        {"model_repository": "m", "routes": {"a": {"versions": {"v1": 1}}, "b": CANARY}}, source="t", base_dir=Path(".")
+    )
     table = RoutingTable.from_config(config)
     assert set(table.routes) == {"a", "b"}
     assert table.route("a").pick({}, None, 0.3) == Decision(Target("v1", "a", 1), "weighted")
