@@ -1,0 +1,75 @@
+"""Cost per request of the drift sampler's `offer` (the only drift code on the request path). Run as a script:
+
+    python benchmarks/bench_drift.py
+
+Prints nanoseconds per call for an unsampled request, a sampled one (buffer drained between calls so it never
+fills), and one sampled into a full buffer (drop and count), for a 1-row request shaped like the demo model's
+(input FP32 [1, 30]; outputs label INT64 [1], probabilities FP32 [1, 2]) and for a 32-row batch.
+"""
+
+from __future__ import annotations
+
+import random
+import timeit
+
+import numpy as np
+
+from gateway.drift.sampler import DriftKey, DriftSampler
+
+KEY = DriftKey("breast_cancer", "1")
+
+
+def _request(rows: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    x = np.random.default_rng(0).normal(size=(rows, 30)).astype(np.float32)
+    return {"input": x}, {"label": np.zeros(rows, dtype=np.int64), "probabilities": np.zeros((rows, 2), np.float32)}
+
+
+def _per_call_ns(sampler: DriftSampler, rows: int, calls: int, drain: bool) -> float:
+    inputs, outputs = _request(rows)
+    offer = sampler.offer
+    if drain:
+        clear = sampler.drain
+
+        def body() -> None:
+            offer(KEY, inputs, outputs)
+            clear(1)  # keeps the buffer from filling; its cost (~100 ns) is subtracted below
+
+        def drain_only() -> None:
+            clear(1)
+
+        best = min(timeit.repeat(body, number=calls, repeat=5))
+        base = min(timeit.repeat(drain_only, number=calls, repeat=5))
+        return (best - base) / calls * 1e9
+    return min(timeit.repeat(lambda: offer(KEY, inputs, outputs), number=calls, repeat=5)) / calls * 1e9
+
+
+def _noop_ns(calls: int) -> float:
+    def noop() -> None:
+        return None
+
+    return min(timeit.repeat(noop, number=calls, repeat=5)) / calls * 1e9
+
+
+def main() -> None:
+    calls = 200_000
+    overhead = _noop_ns(calls)  # the lambda/def call timeit itself adds
+    print(f"(timeit call overhead {overhead:.0f} ns, subtracted)")
+    for rows in (1, 32):
+        unsampled = DriftSampler(10_000, rng=random.Random(0))
+        unsampled.configure(KEY, 1e-9)  # the skip counter never runs out
+        sampled = DriftSampler(10_000, rng=random.Random(0))
+        sampled.configure(KEY, 1.0)
+        full = DriftSampler(1, rng=random.Random(0))
+        full.configure(KEY, 1.0)
+        full.offer(KEY, *_request(rows))
+        rows_note = f"{rows}-row request"
+        print(f"unsampled    {rows_note:15} {_per_call_ns(unsampled, rows, calls, False) - overhead:8.0f} ns/call")
+        print(f"sampled      {rows_note:15} {_per_call_ns(sampled, rows, calls // 4, True) - overhead:8.0f} ns/call")
+        print(f"full buffer  {rows_note:15} {_per_call_ns(full, rows, calls // 4, False) - overhead:8.0f} ns/call")
+    mixed = DriftSampler(1_000_000, rng=random.Random(0))
+    mixed.configure(KEY, 0.1)
+    print(f"rate 0.1     1-row request   {_per_call_ns(mixed, 1, calls, False) - overhead:8.0f} ns/call (average)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Drift monitoring: reference profiles, request-path sampling, windowed evaluation, exports and alerts."""

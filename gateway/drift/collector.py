@@ -1,0 +1,147 @@
+"""Prometheus export of drift: a custom collector that reads the monitor's latest immutable snapshot at scrape time.
+
+Nothing is updated per evaluation and a retired version's series disappear with its snapshot entry. Labels are
+only `model`, `version` (from the routing config) and `feature` (from the profile, capped per version by
+`max_exported_features`); raw request values never become labels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from gateway.drift.monitor import DriftMonitor, VersionSnapshot
+    from gateway.drift.webhook import DriftWebhook
+
+VERSION_LABELS = ("model", "version")
+FEATURE_LABELS = ("model", "version", "feature")
+
+
+class DriftCollector(Collector):
+    def __init__(self, monitor: DriftMonitor, webhook: DriftWebhook | None = None) -> None:
+        self._monitor = monitor
+        self._webhook = webhook
+
+    def describe(self) -> Iterable[Metric]:
+        # Empty families: lets the registry catch a name clash at register time without collecting.
+        return list(self._families((), live=False))
+
+    def collect(self) -> Iterable[Metric]:
+        return list(self._families(self._monitor.snapshot().values(), live=True))
+
+    def _families(self, snapshots: Iterable[VersionSnapshot], *, live: bool) -> Iterator[Metric]:
+        g, c = GaugeMetricFamily, CounterMetricFamily
+        detected = g(
+            "gateway_drift_detected",
+            "1 while k of the last m windows drifted (the version's verdict).",
+            labels=VERSION_LABELS,
+        )
+        window_drifted = g(
+            "gateway_drift_window_drifted", "1 if the latest full window drifted.", labels=VERSION_LABELS
+        )
+        window_samples = g("gateway_drift_window_samples", "Rows in the latest full window.", labels=VERSION_LABELS)
+        filling = g("gateway_drift_window_filling_samples", "Rows in the window being filled.", labels=VERSION_LABELS)
+        evaluated = g(
+            "gateway_drift_last_evaluation_timestamp_seconds",
+            "When the latest window was evaluated.",
+            labels=VERSION_LABELS,
+        )
+        features_drifted = g(
+            "gateway_drift_features_drifted", "Features that drifted in the latest window.", labels=VERSION_LABELS
+        )
+        taken = c(
+            "gateway_drift_samples_taken", "Rows selected by the sampler (enqueued or dropped).", labels=VERSION_LABELS
+        )
+        dropped = c(
+            "gateway_drift_samples_dropped",
+            "Sampled rows lost because the drift buffer was full.",
+            labels=VERSION_LABELS,
+        )
+        processed = c("gateway_drift_samples_processed", "Sampled rows binned into windows.", labels=VERSION_LABELS)
+        windows = c("gateway_drift_windows", "Windows evaluated.", labels=VERSION_LABELS)
+        windows_drifted = c("gateway_drift_windows_drifted", "Windows that drifted.", labels=VERSION_LABELS)
+        per_feature = {
+            "psi": g("gateway_drift_psi", "Population stability index, latest window.", labels=FEATURE_LABELS),
+            "js": g(
+                "gateway_drift_js_distance", "Jensen-Shannon distance (base 2), latest window.", labels=FEATURE_LABELS
+            ),
+            "ks": g(
+                "gateway_drift_ks_statistic", "Binned Kolmogorov-Smirnov D (numeric features).", labels=FEATURE_LABELS
+            ),
+            "ks_p": g(
+                "gateway_drift_ks_pvalue",
+                "Binned Kolmogorov-Smirnov p-value (numeric features).",
+                labels=FEATURE_LABELS,
+            ),
+            "chi2_p": g("gateway_drift_chi2_pvalue", "Chi-square homogeneity p-value.", labels=FEATURE_LABELS),
+            "novel": g(
+                "gateway_drift_novel_ratio",
+                "Excess share of values where the reference has no mass (out of range, unseen, missing).",
+                labels=FEATURE_LABELS,
+            ),
+            "missing": g(
+                "gateway_drift_missing_ratio", "Share of missing values, latest window.", labels=FEATURE_LABELS
+            ),
+            "drifted": g(
+                "gateway_drift_feature_drifted",
+                "1 if the feature was significant and past the effect gate.",
+                labels=FEATURE_LABELS,
+            ),
+        }
+        depth = g("gateway_drift_queue_depth", "Samples waiting in the drift buffer.")
+        sampler = self._monitor.sampler
+        if live:
+            depth.add_metric([], sampler.depth)
+        for s in snapshots:
+            labels = [s.key.model, s.key.version]
+            detected.add_metric(labels, 1.0 if s.drifting else 0.0)
+            filling.add_metric(labels, s.filling)
+            processed.add_metric(labels, s.processed)
+            windows.add_metric(labels, s.windows_total)
+            windows_drifted.add_metric(labels, s.windows_drifted_total)
+            counts = sampler.counts(s.key)
+            if counts is not None:
+                taken.add_metric(labels, counts.taken)
+                dropped.add_metric(labels, counts.dropped)
+            window = s.window
+            if window is None:
+                continue
+            window_drifted.add_metric(labels, 1.0 if window.drifted else 0.0)
+            window_samples.add_metric(labels, window.samples)
+            evaluated.add_metric(labels, window.evaluated_at)
+            features_drifted.add_metric(labels, sum(f.drifted for f in window.features))
+            # Outputs first: they are few and usually the most telling; then inputs up to the cap.
+            ordered = sorted(window.features, key=lambda f: f.source != "output")
+            for f in ordered[: s.settings.max_exported_features]:
+                fl = [*labels, f.name]
+                per_feature["psi"].add_metric(fl, f.psi)
+                per_feature["js"].add_metric(fl, f.js_distance)
+                if f.ks_statistic is not None and f.ks_pvalue is not None:
+                    per_feature["ks"].add_metric(fl, f.ks_statistic)
+                    per_feature["ks_p"].add_metric(fl, f.ks_pvalue)
+                per_feature["chi2_p"].add_metric(fl, f.chi2_pvalue)
+                per_feature["novel"].add_metric(fl, f.novel_share)
+                if not math.isnan(f.missing_ratio):
+                    per_feature["missing"].add_metric(fl, f.missing_ratio)
+                per_feature["drifted"].add_metric(fl, 1.0 if f.drifted else 0.0)
+        yield from (detected, window_drifted, window_samples, filling, evaluated, features_drifted)
+        yield from (taken, dropped, processed, windows, windows_drifted, depth)
+        yield from per_feature.values()
+        if self._webhook is not None:
+            yield _webhook_family(self._webhook, live=live)
+
+
+def _webhook_family(webhook: DriftWebhook, *, live: bool) -> Metric:
+    family = CounterMetricFamily(
+        "gateway_drift_webhook_deliveries", "Drift webhook notifications by outcome.", labels=("outcome",)
+    )
+    if live:
+        family.add_metric(["sent"], webhook.sent)
+        family.add_metric(["failed"], webhook.failed)
+        family.add_metric(["dropped"], webhook.dropped)
+    return family
