@@ -19,13 +19,23 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from gateway import __version__
 from gateway.backends import Backend
 from gateway.backends.onnx import OnnxOptions, runtime_version
-from gateway.config import DEFAULT_MAX_BODY_BYTES, RouteConfig
+from gateway.config import RouteConfig
 from gateway.dataplane import DataPlane, Runner
-from gateway.endpoints import JSON, gateway_error, http_error, internal_error, v2_routes
+from gateway.endpoints import (
+    JSON,
+    gateway_error,
+    http_error,
+    infer,
+    infer_target,
+    internal_error,
+    method_not_allowed,
+    v2_routes,
+)
 from gateway.errors import GatewayError
 from gateway.loader import Key, VersionLoader
 from gateway.metrics import Metrics
@@ -49,12 +59,31 @@ def plain_runner(backend: Backend, route: RouteConfig | None, key: Key) -> Runne
     return backend.infer
 
 
+class GatewayApp:
+    """The ASGI app: inference requests go straight to their handler (the hot path), everything else to Starlette."""
+
+    def __init__(self, app: Starlette, dataplane: DataPlane) -> None:
+        self.app = app
+        self.state = app.state  # max_body_bytes, dataplane, reloader, metrics: what tests and handlers read
+        self._dataplane = dataplane
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            target = infer_target(scope["path"])
+            if target is not None:
+                if scope["method"] != "POST":
+                    return await method_not_allowed(send, "POST")
+                max_body: int = self.state.max_body_bytes
+                return await infer(self._dataplane, max_body, scope, receive, send, *target)
+        await self.app(scope, receive, send)
+
+
 def create_app(
     settings: Settings,
     *,
     registry: CollectorRegistry | None = None,
     draw: Callable[[], float] | None = None,
-) -> Starlette:
+) -> GatewayApp:
     registry = registry if registry is not None else CollectorRegistry()
     metrics = Metrics(registry, build_version=__version__, runtime_version=runtime_version())
     executor = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="onnx")
@@ -111,5 +140,5 @@ def create_app(
     app.state.reloader = reloader
     app.state.metrics = metrics
     app.state.registry = registry
-    app.state.max_body_bytes = config.server.max_body_bytes if config else DEFAULT_MAX_BODY_BYTES
-    return app
+    app.state.max_body_bytes = config.server.max_body_bytes
+    return GatewayApp(app, dataplane)

@@ -51,22 +51,33 @@ class Served:
 
 
 @dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    """A routing outcome's counter child and the response header value that reports it."""
+
+    counter: Counter
+    header: bytes
+
+    @classmethod
+    def of(cls, counter: Counter, route: str, name: str, version: int, reason: str) -> DecisionRecord:
+        return cls(counter, f"{route}/{name};version={version};reason={reason}".encode("latin-1"))
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything a request reads, swapped whole by a reload: a request reads it once and sees one consistent table."""
 
     generation: int
     table: RoutingTable
     versions: Mapping[tuple[str, int], Served]
-    # Per (route, version name, reason): the counter child, bound when the snapshot is built.
-    decisions: Mapping[tuple[str, str, str], Counter]
-    decision_header: str = "x-gateway-route"
+    # Per (route, version name, reason): made when the snapshot is built, so a request formats and binds nothing.
+    decisions: Mapping[tuple[str, str, str], DecisionRecord]
 
 
 @dataclass(frozen=True, slots=True)
 class Reply:
     body: bytes
     header_length: int | None
-    decision: str
+    decision: bytes  # the decision header's value
 
 
 # Outcome label per error class; the most specific class in the MRO wins.
@@ -139,7 +150,8 @@ class DataPlane:
             if served is None:
                 raise NotReadyError(f"model '{name}' version {target.version} is not loaded")
             metrics = served.metrics
-            snapshot.decisions[(name, target.name, decision.reason)].inc()
+            record = snapshot.decisions[(name, target.name, decision.reason)]
+            record.counter.inc()
             request = decode_request(body, header_length)
             served.backend.signature.check(request)
             execution: Execution = await served.infer(request.input_map())
@@ -160,7 +172,7 @@ class DataPlane:
             self._inflight.dec()
         metrics.outcomes["success"].inc()
         metrics.latency.observe(elapsed)
-        return Reply(encoded, head_length, f"{name}/{target.name};version={target.version};reason={decision.reason}")
+        return Reply(encoded, head_length, record.header)
 
     def model_metadata(self, name: str, pin: str | None) -> dict[str, Any]:
         route = self.route(name)

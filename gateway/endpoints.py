@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import orjson
@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
 
 from gateway import __version__
 from gateway.dataplane import DataPlane
@@ -82,31 +83,105 @@ def _dataplane(request: Request) -> DataPlane:
     return dataplane
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLargeError(f"request body of {declared} bytes is over the limit of {limit} bytes")
+class RawHeaders(Mapping[str, str]):
+    """The ASGI header list read in place: routing looks up one or two names, so no dict is built per request."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self._raw = raw
+
+    def get(self, key: str, default: Any = None) -> Any:
+        name = key.encode("latin-1")
+        for k, v in self._raw:
+            if k == name:
+                return v.decode("latin-1")
+        return default
+
+    def __getitem__(self, key: str) -> str:
+        value: str | None = self.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return (k.decode("latin-1") for k, _ in self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+
+def infer_target(path: str) -> tuple[str, str | None] | None:
+    """(model, pinned version) when `path` is `/v2/models/{m}[/versions/{v}]/infer`, else None."""
+    if not path.startswith("/v2/models/") or not path.endswith("/infer"):
+        return None
+    parts = path[11:-6].split("/")
+    if len(parts) == 1 and parts[0]:
+        return parts[0], None
+    if len(parts) == 3 and parts[0] and parts[1] == "versions" and parts[2]:
+        return parts[0], parts[2]
+    return None
+
+
+DECISION_HEADER = b"x-gateway-route"  # which version served and why: "route/name;version=N;reason=sticky"
+_JSON_TYPE = (b"content-type", b"application/json")
+_BINARY_TYPE = (b"content-type", b"application/octet-stream")
+
+
+async def infer(dataplane: DataPlane, max_body: int, scope: Scope, receive: Receive, send: Send,
+                model: str, pin: str | None) -> None:  # fmt: skip
+    """POST .../infer as a bare ASGI handler: the hot path, so no Starlette request, response or router on it."""
+    status, body, extra = 200, b"", []
+    try:
+        body = await _read_body(scope, receive, max_body)
+        headers = RawHeaders(scope["headers"])
+        header_length = parse_header_length(headers.get("inference-header-content-length"), len(body))
+        reply = await dataplane.infer(model, pin, headers, body, header_length)
+        body = reply.body
+        extra = [(DECISION_HEADER, reply.decision)]
+        if reply.header_length is None:
+            extra.append(_JSON_TYPE)
+        else:
+            extra += [_BINARY_TYPE, (b"inference-header-content-length", str(reply.header_length).encode())]
+    except GatewayError as exc:
+        status = status_for(exc)
+        if status >= 500 and not isinstance(exc, NotReadyError | OverloadedError):
+            logger.error("POST %s failed: %s", scope["path"], exc, exc_info=exc)
+        body, extra = encode_error(str(exc)), [_JSON_TYPE]
+        if isinstance(exc, OverloadedError):
+            extra.append((b"retry-after", str(max(1, round(exc.retry_after))).encode()))
+    except Exception as exc:
+        logger.exception("POST %s: unexpected error", scope["path"], exc_info=exc)
+        status, body, extra = 500, encode_error(f"internal error: {type(exc).__name__}"), [_JSON_TYPE]
+    extra.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": extra})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def method_not_allowed(send: Send, allow: str) -> None:
+    body = encode_error("Method Not Allowed")
+    headers = [_JSON_TYPE, (b"allow", allow.encode()), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 405, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            raise PayloadTooLargeError(f"request body of {int(value)} bytes is over the limit of {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ProtocolError("the client disconnected before sending the whole body")
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise PayloadTooLargeError(f"request body is over the limit of {limit} bytes")
         chunks.append(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-async def infer(request: Request) -> Response:
-    dataplane = _dataplane(request)
-    body = await read_body(request, request.app.state.max_body_bytes)
-    header_length = parse_header_length(request.headers.get("inference-header-content-length"), len(body))
-    params = request.path_params
-    reply = await dataplane.infer(params["model"], params.get("version"), request.headers, body, header_length)
-    headers = {dataplane.snapshot.decision_header: reply.decision}
-    if reply.header_length is None:
-        return Response(reply.body, headers=headers, media_type="application/json")
-    headers["inference-header-content-length"] = str(reply.header_length)
-    return Response(reply.body, headers=headers, media_type="application/octet-stream")
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def server_metadata(request: Request) -> Response:
@@ -143,6 +218,4 @@ def v2_routes() -> list[BaseRoute]:
         Route("/v2/models/{model}/versions/{version}", model_metadata, methods=["GET"]),
         Route("/v2/models/{model}/ready", model_ready, methods=["GET"]),
         Route("/v2/models/{model}/versions/{version}/ready", model_ready, methods=["GET"]),
-        Route("/v2/models/{model}/infer", infer, methods=["POST"]),
-        Route("/v2/models/{model}/versions/{version}/infer", infer, methods=["POST"]),
     ]

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from gateway.config import GatewayConfig, parse_config_bytes
-from gateway.dataplane import DataPlane, Snapshot
+from gateway.dataplane import DataPlane, DecisionRecord, Snapshot
 from gateway.errors import ConfigError, GatewayError, ModelLoadError
 from gateway.loader import Key, Loaded, RunnerFactory, VersionLoader, repository_config
 from gateway.metrics import Metrics
@@ -39,20 +39,20 @@ class Generation:
     failed: dict[Key, str]
 
 
-def build_snapshot(
-    number: int, config: GatewayConfig, loaded: dict[Key, Loaded], metrics: Metrics, decision_header: str
-) -> Snapshot:
+def build_snapshot(number: int, config: GatewayConfig, loaded: dict[Key, Loaded], metrics: Metrics) -> Snapshot:
     table = RoutingTable.from_config(config)
     for name, route in table.routes.items():
         for version, share in route.weights().items():
             metrics.route_weight.labels(name, version).set(share)
     decisions = {
-        (name, target.name, reason): metrics.route_requests.labels(name, target.name, reason)
+        (name, target.name, reason): DecisionRecord.of(
+            metrics.route_requests.labels(name, target.name, reason), name, target.name, target.version, reason
+        )
         for name, route in table.routes.items()
         for target in route.targets
         for reason in REASONS
     }
-    return Snapshot(number, table, {k: v.served for k, v in loaded.items()}, decisions, decision_header)
+    return Snapshot(number, table, {k: v.served for k, v in loaded.items()}, decisions)
 
 
 class Reloader:
@@ -66,7 +66,6 @@ class Reloader:
         *,
         config_path: Path | None,
         model_repository: Path | None = None,
-        decision_header: str = "x-gateway-route",
         on_swap: Callable[[Generation, Generation | None], None] | None = None,
     ) -> None:
         if (config_path is None) == (model_repository is None):
@@ -76,7 +75,6 @@ class Reloader:
         self._wrap = wrap
         self._path = config_path
         self._repository = model_repository
-        self._decision_header = decision_header
         self._on_swap = on_swap
         self._lock = asyncio.Lock()
         self._current: Generation | None = None
@@ -110,7 +108,7 @@ class Reloader:
         generation = Generation(1, config, digest, loaded, failed)
         self._install(generation, None)
         self._sm.applied(generation.number)
-        return build_snapshot(1, config, loaded, self._metrics, self._decision_header)
+        return build_snapshot(1, config, loaded, self._metrics)
 
     def attach(self, dataplane: DataPlane) -> None:
         self._dataplane = dataplane
@@ -151,7 +149,7 @@ class Reloader:
         # strict: one version that fails to load rejects the whole reload, so traffic never meets a broken table.
         loaded, _ = self._loader.load_all(config, current.loaded, self._wrap, strict=True)
         number = current.number + 1
-        snapshot = build_snapshot(number, config, loaded, self._metrics, self._decision_header)
+        snapshot = build_snapshot(number, config, loaded, self._metrics)
         return Generation(number, config, digest, loaded, {}), snapshot
 
     def _install(self, generation: Generation, previous: Generation | None) -> None:
