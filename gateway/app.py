@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import random
 import signal
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -22,10 +24,13 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from gateway import __version__
-from gateway.backends import Backend
 from gateway.backends.onnx import OnnxOptions, runtime_version
-from gateway.config import RouteConfig
-from gateway.dataplane import DataPlane, Runner
+from gateway.batching import BatchingMetrics
+from gateway.config import GatewayConfig
+from gateway.dataplane import DataPlane
+from gateway.drift.monitor import DriftMonitor
+from gateway.drift.sampler import DriftSampler
+from gateway.drift.webhook import DriftWebhook
 from gateway.endpoints import (
     JSON,
     gateway_error,
@@ -36,9 +41,11 @@ from gateway.endpoints import (
     method_not_allowed,
     v2_routes,
 )
-from gateway.errors import GatewayError
-from gateway.loader import Key, VersionLoader
+from gateway.errors import ConfigError, GatewayError
+from gateway.loader import VersionLoader
 from gateway.metrics import Metrics
+from gateway.monitoring import DriftRegistry
+from gateway.predlog import PredictionLog, PredictionLogMetrics, parse_prediction_log
 from gateway.reloader import Reloader
 
 logger = logging.getLogger(__name__)
@@ -53,10 +60,24 @@ class Settings:
     onnx: OnnxOptions = field(default_factory=OnnxOptions)
     reload_interval: float = 1.0  # seconds between content checks of the config file
     watch: bool = True
+    drift_interval: float = 0.05  # seconds the drift worker rests when its buffer is empty
+    drift_buffer: int = 10_000  # sampled requests waiting for the drift worker; more are dropped and counted
 
 
-def plain_runner(backend: Backend, route: RouteConfig | None, key: Key) -> Runner:
-    return backend.infer
+def build_predlog(
+    config: GatewayConfig, settings: Settings, registry: CollectorRegistry, rng: random.Random
+) -> PredictionLog | None:
+    """The prediction log the config asks for (read at start; a reload does not move it), or None."""
+    try:
+        parsed = parse_prediction_log({"prediction_log": config.prediction_log})
+    except ConfigError as exc:
+        raise ConfigError(f"{config.source}: {exc}") from exc
+    if parsed is None:
+        return None
+    # A relative path is relative to the config file, like model_repository.
+    base = settings.config_path.parent if settings.config_path is not None else Path.cwd()
+    parsed = dataclasses.replace(parsed, path=base / parsed.path)
+    return PredictionLog(parsed, metrics=PredictionLogMetrics(registry), random=rng.random)
 
 
 class GatewayApp:
@@ -82,19 +103,31 @@ def create_app(
     settings: Settings,
     *,
     registry: CollectorRegistry | None = None,
-    draw: Callable[[], float] | None = None,
+    seed: int | None = None,
 ) -> GatewayApp:
+    """Build the whole gateway. `seed` fixes every random draw (routing, drift and log sampling) for tests."""
     registry = registry if registry is not None else CollectorRegistry()
+    rng = random.Random(seed)
     metrics = Metrics(registry, build_version=__version__, runtime_version=runtime_version())
     executor = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="onnx")
-    loader = VersionLoader(settings.onnx, executor, metrics)
+    loader = VersionLoader(settings.onnx, executor, metrics, BatchingMetrics(registry))
+    http = httpx.AsyncClient(timeout=10.0)
+    sampler = DriftSampler(capacity=settings.drift_buffer, rng=random.Random(rng.random()))
+    webhook = DriftWebhook(http)
+    monitor = DriftMonitor(sampler, registry, webhook=webhook)
+    drift = DriftRegistry(monitor)
     reloader = Reloader(
-        loader, metrics, plain_runner, config_path=settings.config_path, model_repository=settings.model_repository
+        loader,
+        metrics,
+        config_path=settings.config_path,
+        model_repository=settings.model_repository,
+        on_swap=drift.sync,
     )
     snapshot = reloader.start()
-    dataplane = DataPlane(snapshot, metrics, draw=draw or random.Random().random)
-    reloader.attach(dataplane)
     config = reloader.current.config
+    predlog = build_predlog(config, settings, registry, random.Random(rng.random()))
+    dataplane = DataPlane(snapshot, metrics, draw=random.Random(rng.random()).random, sampler=sampler, predlog=predlog)
+    reloader.attach(dataplane)
 
     async def metrics_endpoint(request: Request) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
@@ -103,6 +136,9 @@ def create_app(
         outcome = await reloader.check_once()
         status = 422 if outcome == "rejected" else 200
         return JSON({"outcome": outcome, "generation": reloader.current.number}, status_code=status)
+
+    async def drift_endpoint(request: Request) -> Response:
+        return JSON(monitor.snapshot_json())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -114,6 +150,9 @@ def create_app(
             tasks.add(task)  # the loop keeps only weak references to tasks
             task.add_done_callback(tasks.discard)
 
+        spawn(monitor.run(settings.drift_interval), "drift-monitor")
+        if predlog is not None:
+            spawn(predlog.run(), "prediction-log")
         if settings.config_path is not None and settings.watch:
             spawn(reloader.run(settings.reload_interval), "config-watch")
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # no signals off the main thread
@@ -125,6 +164,10 @@ def create_app(
                 task.cancel()
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(signal.SIGHUP)
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if predlog is not None:
+                await predlog.aclose()
+            await http.aclose()
             executor.shutdown(wait=False, cancel_futures=True)
 
     app = Starlette(
@@ -132,6 +175,7 @@ def create_app(
             *v2_routes(),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
             Route("/admin/reload", reload_endpoint, methods=["POST"]),
+            Route("/admin/drift", drift_endpoint, methods=["GET"]),
         ],
         exception_handlers={GatewayError: gateway_error, HTTPException: http_error, Exception: internal_error},
         lifespan=lifespan,

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gateway import __version__
+from gateway.drift import command as profile_command
 
 logger = logging.getLogger("gateway")
 
@@ -84,20 +85,24 @@ def validate(args: argparse.Namespace) -> int:
 
     from prometheus_client import CollectorRegistry
 
-    from gateway.app import plain_runner
     from gateway.backends.onnx import OnnxOptions, runtime_version
+    from gateway.batching import BatchingMetrics
     from gateway.config import load_config
     from gateway.errors import GatewayError
     from gateway.loader import VersionLoader
     from gateway.metrics import Metrics
+    from gateway.reloader import parse_side_channels
     from gateway.routing import RoutingTable
 
     try:
         config = load_config(args.path)
         RoutingTable.from_config(config)
-        metrics = Metrics(CollectorRegistry(), build_version=__version__, runtime_version=runtime_version())
+        parse_side_channels(config)
+        registry = CollectorRegistry()
+        metrics = Metrics(registry, build_version=__version__, runtime_version=runtime_version())
         with ThreadPoolExecutor(max_workers=1) as executor:
-            loaded, _ = VersionLoader(OnnxOptions(), executor, metrics).load_all(config, {}, plain_runner, strict=True)
+            loader = VersionLoader(OnnxOptions(), executor, metrics, BatchingMetrics(registry))
+            loaded, _ = loader.load_all(config, {}, strict=True)
     except GatewayError as exc:
         print(f"invalid: {exc}", file=sys.stderr)
         return 1
@@ -116,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _serve_parser(sub)
     v = sub.add_parser("validate", help="validate a config and load its models, as a reload would")
     v.add_argument("path", type=Path)
+    p = sub.add_parser("profile", help="build a drift reference profile for a model version from its training data")
+    profile_command.add_arguments(p)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=getattr(args, "log_level", "info").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -126,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(args)
     if args.command == "validate":
         return validate(args)
+    if args.command == "profile":
+        return profile_command.run(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

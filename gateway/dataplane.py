@@ -10,6 +10,8 @@ from typing import Any
 from prometheus_client import Counter
 
 from gateway.backends import Arrays, Backend, Execution
+from gateway.drift.profile import Profile
+from gateway.drift.sampler import DriftKey, DriftSampler
 from gateway.errors import (
     GatewayError,
     NotReadyError,
@@ -20,14 +22,14 @@ from gateway.errors import (
 )
 from gateway.inference import InferenceResponse, Tensor
 from gateway.metrics import Metrics, VersionMetrics
+from gateway.predlog import PredictionLog
 from gateway.protocol import decode_request, encode_response, requested_outputs
 from gateway.repository import VersionSource
-from gateway.routing import Decision, Route, RoutingTable, Target
+from gateway.routing import Route, RoutingTable, Target
 
 PLATFORM = "onnxruntime_onnx"  # what Triton reports for ONNX models; clients show it, none validate it
 
 Runner = Callable[[Arrays], Any]  # an awaitable producing an Execution: a backend's infer or a batcher's submit
-Observer = Callable[["Served", Decision, Any, Any, float], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +40,8 @@ class Served:
     backend: Backend
     metrics: VersionMetrics
     infer: Runner
+    drift_key: DriftKey
+    profile: Profile | None = None  # the drift reference, when the version ships one
     label: str = field(init=False)
     output_names: tuple[str, ...] = field(init=False)
     datatypes: Mapping[str, str] = field(init=False)
@@ -101,12 +105,14 @@ class DataPlane:
         metrics: Metrics,
         *,
         draw: Callable[[], float],
-        observers: tuple[Observer, ...] = (),
+        sampler: DriftSampler,
+        predlog: PredictionLog | None = None,
     ) -> None:
         self._snapshot = snapshot
         self._metrics = metrics
         self._draw = draw
-        self._observers = observers
+        self._sampler = sampler
+        self._predlog = predlog
         self._inflight = metrics.inflight
 
     @property
@@ -155,15 +161,21 @@ class DataPlane:
             request = decode_request(body, header_length)
             served.backend.signature.check(request)
             execution: Execution = await served.infer(request.input_map())
-            metrics.compute.observe(execution.compute_seconds)
+            if execution.compute_seconds is not None:
+                metrics.compute.observe(execution.compute_seconds)
             names, binary = requested_outputs(request, served.output_names)
             produced = execution.outputs
             outputs = tuple(Tensor(n, served.datatypes[n], produced[n]) for n in names)
             response = InferenceResponse(name, served.label, outputs, request.id, binary)
             encoded, head_length = encode_response(response)
             elapsed = time.perf_counter() - start
-            for observe in self._observers:  # side channels: each must return at once and never raise
-                observe(served, decision, request, response, elapsed)
+            # Side channels: each returns at once and never raises; what they cannot keep they count as dropped.
+            self._sampler.offer(served.drift_key, request.input_map(), produced)
+            if self._predlog is not None:
+                self._predlog.offer(
+                    request_id=request.id, model=name, version=served.label, reason=decision.reason,
+                    inputs=request.inputs, outputs=outputs, latency_ms=elapsed * 1e3,
+                )  # fmt: skip
         except GatewayError as exc:
             metrics.outcomes[outcome_of(exc)].inc()
             metrics.latency.observe(time.perf_counter() - start)

@@ -62,4 +62,3 @@ class InferenceResponse:
     # Per output, whether to send it as Triton binary data; same order as `outputs`.
     binary: tuple[bool, ...] = ()
     parameters: Parameters = field(default_factory=dict)
-

@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from gateway.backends import Backend
-from gateway.backends.onnx import OnnxOptions, load_onnx
-from gateway.config import GatewayConfig, LocalVersion, RouteConfig, SplitConfig
+from gateway.backends import Arrays, Execution
+from gateway.backends.onnx import OnnxBackend, OnnxOptions, load_onnx
+from gateway.batching import BatchingMetrics, DynamicBatcher, executor_offload
+from gateway.config import BatchingConfig, GatewayConfig, LocalVersion, RouteConfig, SplitConfig
 from gateway.dataplane import Runner, Served
+from gateway.drift.profile import Profile, load_profile
+from gateway.drift.sampler import DriftKey
 from gateway.errors import ModelLoadError
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, VersionMetrics
 from gateway.repository import MODEL_FILE, VersionSource, locate, scan_models
 
 logger = logging.getLogger(__name__)
 
 Key = tuple[str, int]
-# Wraps a backend's runner, e.g. in a dynamic batcher, given the route's config; identity when not batching.
-RunnerFactory = Callable[[Backend, RouteConfig | None, Key], Runner]
+PROFILE_FILE = "profile.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,33 +44,56 @@ class FileStamp:
 class Loaded:
     served: Served
     stamp: FileStamp
+    batching: BatchingConfig | None = None
+    batcher: DynamicBatcher | None = None  # closed (queue drained) when the version is retired
 
 
 class VersionLoader:
     """Loads versions from one repository. Blocking (reads files, builds sessions): reloads call it off the loop."""
 
-    def __init__(self, options: OnnxOptions, executor: Executor, metrics: Metrics) -> None:
+    def __init__(self, options: OnnxOptions, executor: Executor, metrics: Metrics, batching: BatchingMetrics) -> None:
         self._options = options
         self._executor = executor
         self._metrics = metrics
+        self._batching = batching
 
-    def load(self, root: Path, key: Key, previous: Loaded | None, route: RouteConfig | None,
-             wrap: RunnerFactory) -> Loaded:  # fmt: skip
+    def load(self, root: Path, key: Key, previous: Loaded | None, batching: BatchingConfig | None) -> Loaded:
         source = locate(root, *key)
         stamp = FileStamp.of(source.model_file)
-        if previous is not None and previous.stamp == stamp and previous.served.source.folder == source.folder:
+        if (
+            previous is not None
+            and previous.stamp == stamp
+            and previous.served.source.folder == source.folder
+            and previous.batching == batching
+        ):
             return previous
         backend = load_onnx(source.model_file, self._options, self._executor)
+        profile = _profile(source, backend)
         metrics = self._metrics.bind(source.model, str(source.version))
-        return Loaded(Served(source, backend, metrics, wrap(backend, route, key)), stamp)
+        batcher = None if batching is None else self._batcher(backend, batching, metrics, source)
+        runner: Runner = backend.infer if batcher is None else _batched(batcher)
+        drift_key = DriftKey(source.model, str(source.version))
+        return Loaded(Served(source, backend, metrics, runner, drift_key, profile), stamp, batching, batcher)
+
+    def _batcher(
+        self, backend: OnnxBackend, config: BatchingConfig, metrics: VersionMetrics, source: VersionSource
+    ) -> DynamicBatcher:
+        def run(inputs: Arrays) -> dict[str, Any]:
+            outputs, seconds = backend.run_timed(inputs)
+            metrics.compute.observe(seconds)  # per execution: a batch is one
+            return outputs
+
+        return DynamicBatcher(
+            run,
+            config,
+            metrics=self._batching.bind(source.model, str(source.version)),
+            offload=executor_offload(self._executor),
+            max_in_flight=self._options.max_concurrency,
+            name=f"{source.model}/{source.version}",
+        )
 
     def load_all(
-        self,
-        config: GatewayConfig,
-        previous: Mapping[Key, Loaded],
-        wrap: RunnerFactory,
-        *,
-        strict: bool,
+        self, config: GatewayConfig, previous: Mapping[Key, Loaded], *, strict: bool
     ) -> tuple[dict[Key, Loaded], dict[Key, str]]:
         """Every version the config names. `strict`: the first failure raises (a reload must be all or nothing);
         otherwise failures are returned by key with their reason and the rest still load (start-up)."""
@@ -77,7 +103,7 @@ class VersionLoader:
             if key in loaded:
                 continue
             try:
-                loaded[key] = self.load(config.model_repository, key, previous.get(key), route, wrap)
+                loaded[key] = self.load(config.model_repository, key, previous.get(key), route.batching)
             except ModelLoadError as exc:
                 self._metrics.model_load_failures.labels(key[0], str(key[1])).inc()
                 if strict:
@@ -86,6 +112,19 @@ class VersionLoader:
                 logger.error("model %s version %s failed to load: %s", key[0], key[1], exc)
                 failed[key] = str(exc)
         return loaded, failed
+
+
+def _batched(batcher: DynamicBatcher) -> Runner:
+    async def infer(inputs: Arrays) -> Execution:
+        return Execution(await batcher.submit(inputs), None)  # compute is observed per batch, in the batch's run
+
+    return infer
+
+
+def _profile(source: VersionSource, backend: OnnxBackend) -> Profile | None:
+    """The drift reference profile beside the model, checked against its signature; None when there is none."""
+    path = source.folder / PROFILE_FILE
+    return load_profile(path, backend.signature) if path.is_file() else None
 
 
 def _referenced(config: GatewayConfig) -> Iterable[tuple[RouteConfig, str, Key]]:

@@ -45,9 +45,7 @@ class Metrics:
             "gateway_inference_compute_seconds", "Time inside the model runtime for one execution.",
             ["model", "version"], buckets=LATENCY_BUCKETS, registry=registry,
         )  # fmt: skip
-        self.inflight = Gauge(
-            "gateway_inflight_requests", "Inference requests being served now.", registry=registry
-        )
+        self.inflight = Gauge("gateway_inflight_requests", "Inference requests being served now.", registry=registry)
         self.model_ready = Gauge(
             "gateway_model_ready", "1 when a model version is loaded and serving, else 0.",
             ["model", "version"], registry=registry,

@@ -52,9 +52,7 @@ def parse_header_length(value: str | None, body_length: int) -> int | None:
     except ValueError:
         raise ProtocolError(f"Unable to parse Inference-Header-Content-Length: {value!r} is not an integer") from None
     if length < 0 or length > body_length:
-        raise ProtocolError(
-            f"Inference-Header-Content-Length {length} is outside the body (0 to {body_length} bytes)"
-        )
+        raise ProtocolError(f"Inference-Header-Content-Length {length} is outside the body (0 to {body_length} bytes)")
     return length
 
 
@@ -200,9 +198,7 @@ def _from_binary(
         return np.array(items, dtype=object).reshape(shape)
     expected = count * dtype.itemsize
     if len(buf) != expected:
-        raise ProtocolError(
-            f"{where}: binary_data_size is {len(buf)} bytes; {datatype}{list(shape)} needs {expected}"
-        )
+        raise ProtocolError(f"{where}: binary_data_size is {len(buf)} bytes; {datatype}{list(shape)} needs {expected}")
     # frombuffer is a zero-copy view of the request body; little-endian is the wire order (as is the host's here).
     return np.frombuffer(buf, dtype=dtype.newbyteorder("<")).reshape(shape)
 
@@ -325,9 +321,7 @@ def _to_json_data(tensor: Tensor) -> Any:
     return np.ascontiguousarray(array).ravel()
 
 
-def requested_outputs(
-    request: InferenceRequest, names: Sequence[str]
-) -> tuple[tuple[str, ...], tuple[bool, ...]]:
+def requested_outputs(request: InferenceRequest, names: Sequence[str]) -> tuple[tuple[str, ...], tuple[bool, ...]]:
     """The outputs to return, in order, with their binary flags; all of the model's when the request names none."""
     if request.outputs is None:
         return tuple(names), (request.binary_output,) * len(names)

@@ -17,8 +17,9 @@ from typing import Literal, get_args
 
 from gateway.config import GatewayConfig, parse_config_bytes
 from gateway.dataplane import DataPlane, DecisionRecord, Snapshot
+from gateway.drift.settings import DriftSettings, parse_drift_settings
 from gateway.errors import ConfigError, GatewayError, ModelLoadError
-from gateway.loader import Key, Loaded, RunnerFactory, VersionLoader, repository_config
+from gateway.loader import Key, Loaded, VersionLoader, repository_config
 from gateway.metrics import Metrics
 from gateway.routing import Reason, RoutingTable
 
@@ -37,6 +38,18 @@ class Generation:
     digest: str
     loaded: dict[Key, Loaded]
     failed: dict[Key, str]
+    drift: dict[str, DriftSettings]  # per route
+
+
+def parse_side_channels(config: GatewayConfig) -> dict[str, DriftSettings]:
+    """Settings other modules own, validated before any model loads so a fault rejects the file by its key."""
+    drift: dict[str, DriftSettings] = {}
+    for name, route in config.routes.items():
+        try:
+            drift[name] = parse_drift_settings(route.drift, f"routes.{name}.drift")
+        except ConfigError as exc:
+            raise ConfigError(f"{config.source}: {exc}") from exc
+    return drift
 
 
 def build_snapshot(number: int, config: GatewayConfig, loaded: dict[Key, Loaded], metrics: Metrics) -> Snapshot:
@@ -62,7 +75,6 @@ class Reloader:
         self,
         loader: VersionLoader,
         metrics: Metrics,
-        wrap: RunnerFactory,
         *,
         config_path: Path | None,
         model_repository: Path | None = None,
@@ -72,7 +84,6 @@ class Reloader:
             raise ValueError("give exactly one of config_path and model_repository")
         self._loader = loader
         self._metrics = metrics
-        self._wrap = wrap
         self._path = config_path
         self._repository = model_repository
         self._on_swap = on_swap
@@ -80,6 +91,7 @@ class Reloader:
         self._current: Generation | None = None
         self._dataplane: DataPlane | None = None
         self._sm = _ReloadMetrics(metrics)
+        self._retiring: set[asyncio.Future[None]] = set()
 
     @property
     def current(self) -> Generation:
@@ -97,15 +109,17 @@ class Reloader:
             raw = self._path.read_bytes()
             config = parse_config_bytes(raw, source=str(self._path), base_dir=self._path.parent)
             digest = hashlib.sha256(raw).hexdigest()
-            loaded, failed = self._loader.load_all(config, {}, self._wrap, strict=False)
+            drift = parse_side_channels(config)
+            loaded, failed = self._loader.load_all(config, {}, strict=False)
         else:
             assert self._repository is not None
             config = repository_config(self._repository)
-            loaded, failed = self._loader.load_all(config, {}, self._wrap, strict=False)
+            drift = parse_side_channels(config)
+            loaded, failed = self._loader.load_all(config, {}, strict=False)
             if failed:  # unversioned requests go to the highest version that did load, as Triton does
                 config = repository_config(self._repository, exclude=set(failed))
             digest = ""
-        generation = Generation(1, config, digest, loaded, failed)
+        generation = Generation(1, config, digest, loaded, failed, drift)
         self._install(generation, None)
         self._sm.applied(generation.number)
         return build_snapshot(1, config, loaded, self._metrics)
@@ -145,12 +159,13 @@ class Reloader:
     def _prepare(self, raw: bytes, digest: str) -> tuple[Generation, Snapshot]:
         assert self._path is not None
         config = parse_config_bytes(raw, source=str(self._path), base_dir=self._path.parent)
+        drift = parse_side_channels(config)
         current = self.current
         # strict: one version that fails to load rejects the whole reload, so traffic never meets a broken table.
-        loaded, _ = self._loader.load_all(config, current.loaded, self._wrap, strict=True)
+        loaded, _ = self._loader.load_all(config, current.loaded, strict=True)
         number = current.number + 1
         snapshot = build_snapshot(number, config, loaded, self._metrics)
-        return Generation(number, config, digest, loaded, {}), snapshot
+        return Generation(number, config, digest, loaded, {}, drift), snapshot
 
     def _install(self, generation: Generation, previous: Generation | None) -> None:
         self._current = generation
@@ -163,7 +178,11 @@ class Reloader:
                 kept = generation.loaded.get(key)
                 if kept is None or kept.served is not old.served:
                     # Retired: requests already running hold their own reference and finish on it; new ones cannot
-                    # reach it. The session is freed when the last of them drops it.
+                    # reach it. The session is freed when the last of them drops it; a batcher drains its queue.
+                    if old.batcher is not None:
+                        closing = asyncio.ensure_future(old.batcher.aclose(drain=True))
+                        self._retiring.add(closing)  # the loop keeps only a weak reference
+                        closing.add_done_callback(self._retiring.discard)
                     if kept is None:
                         self._metrics.model_ready.remove(key[0], str(key[1]))
                         self._metrics.forget(key[0], str(key[1]))

@@ -18,7 +18,7 @@ class Execution:
     """What one run produced, and how long the runtime itself took (queue and thread hop excluded)."""
 
     outputs: dict[str, npt.NDArray[Any]]
-    compute_seconds: float
+    compute_seconds: float | None  # None when the runner observed it itself (a batch's execution)
 
 
 class Backend(Protocol):

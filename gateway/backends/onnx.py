@@ -107,10 +107,10 @@ class OnnxBackend:
         """Run on zeros so the first real request does not pay for lazy initialisation, and time a 1-row and a 32-row
         execution to decide which requests are cheap enough to run inline; fail the load if the model cannot run."""
         try:
-            one = [self.run(self._zeros(1)).compute_seconds for _ in range(7)]
+            one = [self.run_timed(self._zeros(1))[1] for _ in range(7)]
             fixed = sorted(one)[len(one) // 2]
             if self._batched:
-                many = [self.run(self._zeros(32)).compute_seconds for _ in range(5)]
+                many = [self.run_timed(self._zeros(32))[1] for _ in range(5)]
                 self._row_cost = max(0.0, (sorted(many)[len(many) // 2] - fixed) / 31)
             self._fixed_cost = fixed
         except Exception as exc:
@@ -128,6 +128,10 @@ class OnnxBackend:
 
     def run(self, inputs: Arrays) -> Execution:
         """Run synchronously (the caller picks the thread); runtime errors become gateway errors."""
+        return Execution(*self.run_timed(inputs))
+
+    def run_timed(self, inputs: Arrays) -> tuple[dict[str, npt.NDArray[Any]], float]:
+        """The outputs and the seconds onnxruntime took."""
         start = time.perf_counter()
         try:
             values = self._session.run(self._output_names, dict(inputs))
@@ -135,7 +139,7 @@ class OnnxBackend:
             raise ProtocolError(f"the model rejected the input: {_first_line(exc)}") from exc
         except Exception as exc:
             raise BackendError(f"onnxruntime failed: {_first_line(exc)}") from exc
-        return Execution(dict(zip(self._output_names, values, strict=True)), time.perf_counter() - start)
+        return dict(zip(self._output_names, values, strict=True)), time.perf_counter() - start
 
     async def infer(self, inputs: Arrays) -> Execution:
         first = next(iter(inputs.values()))

@@ -1,0 +1,48 @@
+"""Keeps the drift monitor's registrations in step with the serving generation: which versions are watched, with
+which reference profile and settings."""
+
+from __future__ import annotations
+
+import logging
+
+from gateway.drift.monitor import DriftMonitor
+from gateway.drift.profile import Profile
+from gateway.drift.sampler import DriftKey
+from gateway.drift.settings import DriftSettings
+from gateway.reloader import Generation
+
+logger = logging.getLogger(__name__)
+
+
+class DriftRegistry:
+    def __init__(self, monitor: DriftMonitor) -> None:
+        self._monitor = monitor
+        self._registered: dict[DriftKey, tuple[Profile, DriftSettings]] = {}
+
+    def sync(self, generation: Generation, previous: Generation | None = None) -> None:
+        """Watch every version a drift-enabled route serves; keep the windows of versions whose profile and settings
+        did not change; stop watching retired ones."""
+        wanted: dict[DriftKey, tuple[Profile, DriftSettings]] = {}
+        for name, route in generation.config.routes.items():
+            settings = generation.drift[name]
+            if not settings.enabled:
+                continue
+            for spec in route.versions.values():
+                loaded = generation.loaded.get((route.model, spec.version))
+                if loaded is None:
+                    continue
+                served = loaded.served
+                if served.profile is None:
+                    logger.warning(
+                        "routes.%s.drift is on but %s has no profile.json: build one with `gateway profile`",
+                        name, served.source.folder,
+                    )  # fmt: skip
+                    continue
+                wanted.setdefault(served.drift_key, (served.profile, settings))
+        for key in self._registered.keys() - wanted.keys():
+            self._monitor.unregister(key)
+        for key, (profile, settings) in wanted.items():
+            old = self._registered.get(key)
+            if old is None or old[0] is not profile or old[1] != settings:
+                self._monitor.register(key, profile, settings)
+        self._registered = wanted
