@@ -7,8 +7,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import Counter
-
 from gateway.backends import Arrays, Backend, Execution
 from gateway.drift.profile import Profile
 from gateway.drift.sampler import DriftKey, DriftSampler
@@ -26,6 +24,7 @@ from gateway.predlog import PredictionLog
 from gateway.protocol import decode_request, encode_response, requested_outputs
 from gateway.repository import VersionSource
 from gateway.routing import Route, RoutingTable, Target
+from gateway.tally import Count
 
 PLATFORM = "onnxruntime_onnx"  # what Triton reports for ONNX models; clients show it, none validate it
 
@@ -58,11 +57,11 @@ class Served:
 class DecisionRecord:
     """A routing outcome's counter child and the response header value that reports it."""
 
-    counter: Counter
+    counter: Count
     header: bytes
 
     @classmethod
-    def of(cls, counter: Counter, route: str, name: str, version: int, reason: str) -> DecisionRecord:
+    def of(cls, counter: Count, route: str, name: str, version: int, reason: str) -> DecisionRecord:
         return cls(counter, f"{route}/{name};version={version};reason={reason}".encode("latin-1"))
 
 
@@ -145,7 +144,7 @@ class DataPlane:
         start = time.perf_counter()
         snapshot = self._snapshot  # one read: the whole request sees one table
         metrics = self._metrics.unknown
-        self._inflight.inc()
+        self._inflight.value += 1
         try:
             route = snapshot.table.routes.get(name)
             if route is None:
@@ -181,7 +180,7 @@ class DataPlane:
             metrics.latency.observe(time.perf_counter() - start)
             raise
         finally:
-            self._inflight.dec()
+            self._inflight.value -= 1
         metrics.outcomes["success"].inc()
         metrics.latency.observe(elapsed)
         return Reply(encoded, head_length, record.header)

@@ -69,7 +69,7 @@ class VersionLoader:
             return previous
         backend = load_onnx(source.model_file, self._options, self._executor)
         profile = _profile(source, backend)
-        metrics = self._metrics.bind(source.model, str(source.version))
+        metrics = self._metrics.bind(source.model, str(source.version), threaded_compute=batching is not None)
         batcher = None if batching is None else self._batcher(backend, batching, metrics, source)
         runner: Runner = backend.infer if batcher is None else _batched(batcher)
         drift_key = DriftKey(source.model, str(source.version))

@@ -8,6 +8,8 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from gateway.tally import Count, CounterFamily, HistogramFamily, Spread, Tally
+
 # 100 us to 10 s: a tiny model answers in well under a millisecond, a slow one or a queue can take seconds.
 LATENCY_BUCKETS: Final = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -23,9 +25,9 @@ UNKNOWN: Final = "_unknown"  # label value for requests that name no served mode
 class VersionMetrics:
     """The children one (model, version) records into, bound at load so a request does no label lookup."""
 
-    outcomes: dict[str, Counter]
-    latency: Histogram
-    compute: Histogram
+    outcomes: dict[str, Count]
+    latency: Spread
+    compute: Spread
 
 
 class Metrics:
@@ -33,19 +35,29 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry, *, build_version: str, runtime_version: str) -> None:
         self.registry = registry
-        self.requests = Counter(
-            "gateway_requests", "Inference requests by served model version and outcome.",
-            ["model", "version", "outcome"], registry=registry,
+        # The request path's series: lock-free, written on the event loop (see tally.py).
+        self.requests = CounterFamily(
+            "gateway_requests",
+            "Inference requests by served model version and outcome.",
+            ["model", "version", "outcome"],
+        )
+        self.latency = HistogramFamily(
+            "gateway_request_duration_seconds", "Inference request time, body received to response encoded.",
+            ["model", "version"], LATENCY_BUCKETS,
         )  # fmt: skip
-        self.latency = Histogram(
-            "gateway_request_duration_seconds", "End-to-end inference request time, body read to response encoded.",
-            ["model", "version"], buckets=LATENCY_BUCKETS, registry=registry,
+        self.compute = HistogramFamily(
+            "gateway_inference_compute_seconds", "Time inside the model runtime per request (per batch when batched).",
+            ["model", "version"], LATENCY_BUCKETS,
         )  # fmt: skip
-        self.compute = Histogram(
-            "gateway_inference_compute_seconds", "Time inside the model runtime for one execution.",
-            ["model", "version"], buckets=LATENCY_BUCKETS, registry=registry,
+        self.route_requests = CounterFamily(
+            "gateway_route_requests", "Routing decisions by route, served version and reason.",
+            ["route", "version", "reason"],
         )  # fmt: skip
-        self.inflight = Gauge("gateway_inflight_requests", "Inference requests being served now.", registry=registry)
+        Tally(registry, self.requests, self.latency, self.compute, self.route_requests)
+        self.inflight = Count()  # requests being served; read at scrape time
+        Gauge("gateway_inflight_requests", "Inference requests being served now.", registry=registry).set_function(
+            lambda: self.inflight.value
+        )
         self.model_ready = Gauge(
             "gateway_model_ready", "1 when a model version is loaded and serving, else 0.",
             ["model", "version"], registry=registry,
@@ -73,18 +85,15 @@ class Metrics:
             "gateway_route_weight_ratio", "Share of a route's unpinned traffic each version is configured to get.",
             ["route", "version"], registry=registry,
         )  # fmt: skip
-        self.route_requests = Counter(
-            "gateway_route_requests", "Routing decisions by route, served version and reason.",
-            ["route", "version", "reason"], registry=registry,
-        )  # fmt: skip
         self.build_info.labels(build_version, platform.python_version(), runtime_version).set(1)
         self._unknown = self.bind(UNKNOWN, UNKNOWN)
 
-    def bind(self, model: str, version: str) -> VersionMetrics:
+    def bind(self, model: str, version: str, *, threaded_compute: bool = False) -> VersionMetrics:
+        """`threaded_compute`: compute time is recorded from worker threads (batches), so that child takes a lock."""
         return VersionMetrics(
             outcomes={o: self.requests.labels(model, version, o) for o in OUTCOMES},
             latency=self.latency.labels(model, version),
-            compute=self.compute.labels(model, version),
+            compute=self.compute.labels(model, version, threaded=threaded_compute),
         )
 
     @property
@@ -100,7 +109,7 @@ class Metrics:
         _remove(self.compute, model, version)
 
 
-def _remove(metric: Counter | Histogram | Gauge, *labels: str) -> None:
+def _remove(metric: Counter | Histogram | Gauge | CounterFamily | HistogramFamily, *labels: str) -> None:
     try:
         metric.remove(*labels)
     except KeyError:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from gateway.errors import ProtocolError
 from gateway.inference import InferenceRequest
@@ -19,11 +20,18 @@ class TensorSpec:
     def describe(self) -> str:
         return f"{self.datatype}{list(self.shape)}"
 
+    def fits(self, shape: tuple[int, ...]) -> bool:
+        return len(shape) == len(self.shape) and all(e in (-1, a) for e, a in zip(self.shape, shape, strict=True))
+
 
 @dataclass(frozen=True, slots=True)
 class Signature:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    _by_name: Mapping[str, TensorSpec] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_name", {s.name: s for s in self.inputs})
 
     def input(self, name: str) -> TensorSpec | None:
         return next((s for s in self.inputs if s.name == name), None)
@@ -33,6 +41,15 @@ class Signature:
 
     def check(self, request: InferenceRequest) -> None:
         """Raise ProtocolError naming the first input (or output) that does not fit this signature."""
+        if len(request.inputs) == len(self.inputs) and request.outputs is None:
+            # The common case, checked without building anything; any doubt falls through to the exact report.
+            for tensor in request.inputs:
+                spec = self._by_name.get(tensor.name)
+                if spec is None or spec.datatype != tensor.datatype or not spec.fits(tensor.array.shape):
+                    break
+            else:
+                if len({t.name for t in request.inputs}) == len(self.inputs):
+                    return
         seen: set[str] = set()
         for tensor in request.inputs:
             spec = self.input(tensor.name)
@@ -47,7 +64,7 @@ class Signature:
                     f"input '{tensor.name}' has datatype {tensor.datatype}; the model expects {spec.datatype}"
                 )
             shape = tensor.shape
-            if len(shape) != len(spec.shape) or any(e not in (-1, a) for e, a in zip(spec.shape, shape, strict=True)):
+            if not spec.fits(shape):
                 raise ProtocolError(
                     f"input '{tensor.name}' has shape {list(shape)}; the model expects {spec.describe()}"
                     " (-1 is any size)"
