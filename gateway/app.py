@@ -85,7 +85,7 @@ class GatewayApp:
 
     def __init__(self, app: Starlette, dataplane: DataPlane) -> None:
         self.app = app
-        self.state = app.state  # max_body_bytes, dataplane, reloader, metrics: what tests and handlers read
+        self.state = app.state  # dataplane, reloader, metrics, registry: what tests and handlers read
         self._dataplane = dataplane
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -94,8 +94,7 @@ class GatewayApp:
             if target is not None:
                 if scope["method"] != "POST":
                     return await method_not_allowed(send, "POST")
-                max_body: int = self.state.max_body_bytes
-                return await infer(self._dataplane, max_body, scope, receive, send, *target)
+                return await infer(self._dataplane, scope, receive, send, *target)
         await self.app(scope, receive, send)
 
 
@@ -184,5 +183,4 @@ def create_app(
     app.state.reloader = reloader
     app.state.metrics = metrics
     app.state.registry = registry
-    app.state.max_body_bytes = config.server.max_body_bytes
     return GatewayApp(app, dataplane)

@@ -14,6 +14,7 @@ from gateway.errors import (
     GatewayError,
     NotReadyError,
     OverloadedError,
+    PayloadTooLargeError,
     ProtocolError,
     UnknownModelError,
     UnsupportedError,
@@ -21,7 +22,7 @@ from gateway.errors import (
 from gateway.inference import InferenceResponse, Tensor
 from gateway.metrics import Metrics, VersionMetrics
 from gateway.predlog import PredictionLog
-from gateway.protocol import decode_request, encode_response, requested_outputs
+from gateway.protocol import decode_request, encode_response, parse_header_length, requested_outputs
 from gateway.repository import VersionSource
 from gateway.routing import Route, RoutingTable, Target
 from gateway.tally import Count
@@ -74,6 +75,7 @@ class Snapshot:
     versions: Mapping[tuple[str, int], Served]
     # Per (route, version name, reason): made when the snapshot is built, so a request formats and binds nothing.
     decisions: Mapping[tuple[str, str, str], DecisionRecord]
+    max_body_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,7 @@ class Reply:
 # Outcome label per error class; the most specific class in the MRO wins.
 _OUTCOME: Mapping[type[GatewayError], str] = {
     ProtocolError: "invalid_request",
+    PayloadTooLargeError: "invalid_request",
     UnknownModelError: "not_found",
     NotReadyError: "unavailable",
     OverloadedError: "rejected",
@@ -139,8 +142,7 @@ class DataPlane:
             raise NotReadyError(f"model '{name}' version {target.version} is not loaded")
         return target, served
 
-    async def infer(self, name: str, pin: str | None, headers: Mapping[str, str], body: bytes,
-                    header_length: int | None) -> Reply:  # fmt: skip
+    async def infer(self, name: str, pin: str | None, headers: Mapping[str, str], body: bytes) -> Reply:
         start = time.perf_counter()
         snapshot = self._snapshot  # one read: the whole request sees one table
         metrics = self._metrics.unknown
@@ -157,9 +159,11 @@ class DataPlane:
             metrics = served.metrics
             record = snapshot.decisions[(name, target.name, decision.reason)]
             record.counter.inc()
+            header_length = parse_header_length(headers.get("inference-header-content-length"), len(body))
             request = decode_request(body, header_length)
             served.backend.signature.check(request)
-            execution: Execution = await served.infer(request.input_map())
+            inputs = request.input_map()
+            execution: Execution = await served.infer(inputs)
             if execution.compute_seconds is not None:
                 metrics.compute.observe(execution.compute_seconds)
             names, binary = requested_outputs(request, served.output_names)
@@ -169,7 +173,7 @@ class DataPlane:
             encoded, head_length = encode_response(response)
             elapsed = time.perf_counter() - start
             # Side channels: each returns at once and never raises; what they cannot keep they count as dropped.
-            self._sampler.offer(served.drift_key, request.input_map(), produced)
+            self._sampler.offer(served.drift_key, inputs, produced)
             if self._predlog is not None:
                 self._predlog.offer(
                     request_id=request.id, model=name, version=served.label, reason=decision.reason,
@@ -179,11 +183,19 @@ class DataPlane:
             metrics.outcomes[outcome_of(exc)].inc()
             metrics.latency.observe(time.perf_counter() - start)
             raise
+        except Exception:  # a bug or a runtime surprise: still counted, then the edge answers 500
+            metrics.outcomes["error"].inc()
+            metrics.latency.observe(time.perf_counter() - start)
+            raise
         finally:
             self._inflight.value -= 1
         metrics.outcomes["success"].inc()
         metrics.latency.observe(elapsed)
         return Reply(encoded, head_length, record.header)
+
+    def count_refused(self, exc: GatewayError) -> None:
+        """Count a request the edge refused before it reached `infer` (e.g. a body over the limit)."""
+        self._metrics.unknown.outcomes[outcome_of(exc)].inc()
 
     def model_metadata(self, name: str, pin: str | None) -> dict[str, Any]:
         route = self.route(name)

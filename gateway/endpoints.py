@@ -25,7 +25,7 @@ from gateway.errors import (
     UnknownModelError,
     UnsupportedError,
 )
-from gateway.protocol import encode_error, parse_header_length
+from gateway.protocol import encode_error
 
 logger = logging.getLogger(__name__)
 
@@ -128,15 +128,16 @@ _JSON_TYPE = (b"content-type", b"application/json")
 _BINARY_TYPE = (b"content-type", b"application/octet-stream")
 
 
-async def infer(dataplane: DataPlane, max_body: int, scope: Scope, receive: Receive, send: Send,
-                model: str, pin: str | None) -> None:  # fmt: skip
+async def infer(dataplane: DataPlane, scope: Scope, receive: Receive, send: Send, model: str, pin: str | None) -> None:
     """POST .../infer as a bare ASGI handler: the hot path, so no Starlette request, response or router on it."""
     status, body, extra = 200, b"", []
     try:
-        body = await _read_body(scope, receive, max_body)
-        headers = RawHeaders(scope["headers"])
-        header_length = parse_header_length(headers.get("inference-header-content-length"), len(body))
-        reply = await dataplane.infer(model, pin, headers, body, header_length)
+        try:
+            body = await _read_body(scope, receive, dataplane.snapshot.max_body_bytes)
+        except GatewayError as exc:
+            dataplane.count_refused(exc)
+            raise
+        reply = await dataplane.infer(model, pin, RawHeaders(scope["headers"]), body)
         body = reply.body
         extra = [(DECISION_HEADER, reply.decision)]
         if reply.header_length is None:

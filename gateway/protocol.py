@@ -38,6 +38,7 @@ DATATYPE_OF: Mapping[np.dtype[Any], str] = {v: k for k, v in DTYPES.items()}
 # Request parameters of Triton extensions we do not implement; silently ignoring them would return wrong data.
 _UNSUPPORTED_PARAMETERS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
 _MAX_ELEMENTS = 1 << 31  # a shape asking for more is absurd for a JSON/HTTP request; refuse before allocating
+_MAX_RANK = 32  # numpy stops at 64 dimensions; no served model comes near either
 _LENGTH = struct.Struct("<I")
 _EMPTY = memoryview(b"")
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
@@ -180,9 +181,11 @@ def _decode_input(item: object, index: int, raw: memoryview, offset: int) -> tup
 def _shape(value: object, where: str) -> tuple[int, ...]:
     if not isinstance(value, list):
         raise ProtocolError(f"{where}: shape must be a list of non-negative integers")
+    if len(value) > _MAX_RANK:
+        raise ProtocolError(f"{where}: shape has {len(value)} dimensions, over the limit of {_MAX_RANK}")
     for d in value:
-        if isinstance(d, bool) or not isinstance(d, int) or d < 0:
-            raise ProtocolError(f"{where}: shape {value} must be a list of non-negative integers")
+        if isinstance(d, bool) or not isinstance(d, int) or d < 0 or d > _MAX_ELEMENTS:
+            raise ProtocolError(f"{where}: shape {value} must be a list of integers from 0 to {_MAX_ELEMENTS}")
     return tuple(value)
 
 
@@ -200,7 +203,10 @@ def _from_binary(
     if len(buf) != expected:
         raise ProtocolError(f"{where}: binary_data_size is {len(buf)} bytes; {datatype}{list(shape)} needs {expected}")
     # frombuffer is a zero-copy view of the request body; little-endian is the wire order (as is the host's here).
-    return np.frombuffer(buf, dtype=dtype.newbyteorder("<")).reshape(shape)
+    array = np.frombuffer(buf, dtype=dtype.newbyteorder("<")).reshape(shape)
+    if datatype == "BOOL" and array.size and array.view(np.uint8).max() > 1:
+        raise ProtocolError(f"{where}: binary BOOL data must be bytes 0 or 1")
+    return array
 
 
 def _split_length_prefixed(buf: memoryview, where: str) -> list[str]:
@@ -256,6 +262,13 @@ def _from_json(
         raise ProtocolError(f"{where}: {datatype} data must be {expected}, got {_kind_name(parsed.dtype)}")
     if dtype.kind in "iu" and not _fits(parsed, dtype):
         raise ProtocolError(f"{where}: a value is out of range for {datatype}")
+    if dtype.kind == "f" and dtype.itemsize < parsed.dtype.itemsize:
+        with np.errstate(over="ignore"):
+            cast = parsed.astype(dtype)
+        # A finite JSON number that the narrower float cannot hold would silently become inf.
+        if not np.isfinite(cast).all() and np.isfinite(parsed).all():
+            raise ProtocolError(f"{where}: a value is out of range for {datatype}")
+        return cast.reshape(shape)
     return parsed.astype(dtype, copy=False).reshape(shape)
 
 
@@ -329,7 +342,7 @@ def requested_outputs(request: InferenceRequest, names: Sequence[str]) -> tuple[
 
 
 def _decode_outputs(value: object, default_binary: bool) -> tuple[RequestedOutput, ...] | None:
-    if value is None:
+    if value is None or value == []:  # Triton: no requested outputs means all of them
         return None
     if not isinstance(value, list):
         raise ProtocolError("'outputs' must be a list")
@@ -344,5 +357,7 @@ def _decode_outputs(value: object, default_binary: bool) -> tuple[RequestedOutpu
         binary = parameters.get("binary_data", default_binary)
         if not isinstance(binary, bool):
             raise ProtocolError(f"output '{name}': parameters.binary_data must be a boolean")
+        if any(o.name == name for o in outputs):
+            raise ProtocolError(f"output '{name}' is requested more than once")
         outputs.append(RequestedOutput(name, binary))
     return tuple(outputs)

@@ -65,7 +65,7 @@ def build_snapshot(number: int, config: GatewayConfig, loaded: dict[Key, Loaded]
         for target in route.targets
         for reason in REASONS
     }
-    return Snapshot(number, table, {k: v.served for k, v in loaded.items()}, decisions)
+    return Snapshot(number, table, {k: v.served for k, v in loaded.items()}, decisions, config.server.max_body_bytes)
 
 
 class Reloader:

@@ -174,12 +174,19 @@ def test_starlette_404_and_405_use_the_v2_error_shape(repo_client: TestClient) -
     assert response.status_code == 405 and response.json() == {"error": "Method Not Allowed"}
 
 
-def test_body_over_the_limit_is_413(all_types_repo: Path) -> None:
-    app = create_app(Settings(model_repository=all_types_repo), registry=CollectorRegistry())
-    app.state.max_body_bytes = 100
-    with TestClient(app) as client:
+def test_body_over_the_limit_is_413_and_counted(all_types_repo: Path, tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        f"model_repository: {all_types_repo}\nserver: {{max_body_bytes: 100}}\n"
+        "routes:\n  affine:\n    versions: {v1: 1}\n"
+    )
+    registry = CollectorRegistry()
+    with TestClient(create_app(Settings(config_path=config, watch=False), registry=registry)) as client:
         response = client.post(INFER, content=affine_body([[1.0] * 4] * 10))
-        assert response.status_code == 413 and "over the limit" in response.json()["error"]
+        assert response.status_code == 413 and "over the limit of 100 bytes" in response.json()["error"]
+        assert client.post(INFER, content=affine_body([[1.0] * 4])).status_code == 200
+    refused = {"model": "_unknown", "version": "_unknown", "outcome": "invalid_request"}
+    assert registry.get_sample_value("gateway_requests_total", refused) == 1
 
 
 def test_requests_are_counted_by_outcome(repo_client: TestClient, registry: CollectorRegistry) -> None:

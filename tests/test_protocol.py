@@ -161,12 +161,12 @@ MALFORMED: list[tuple[bytes, int | None, str]] = [
     (body([{"name": "x", "shape": [2], "datatype": "BOOL", "data": [1, 0]}]), None, "BOOL data must be true/false"),
     (body([{"name": "x", "shape": [2], "datatype": "FP32", "data": ["a", "b"]}]), None, "FP32 data must be numbers"),
     (body([{"name": "x", "shape": [2], "datatype": "BYTES", "data": [1, 2]}]), None, "BYTES data must be strings"),
-    (body([{"name": "x", "shape": [-1], "datatype": "FP32", "data": [1]}]), None, "non-negative integers"),
+    (body([{"name": "x", "shape": [-1], "datatype": "FP32", "data": [1]}]), None, "integers from 0 to"),
     (body([{"name": "x", "shape": "2", "datatype": "FP32", "data": [1, 2]}]), None, "shape must be a list"),
     (body([{"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [[1, 2], [3]]}]), None, "equal-length rows"),
     (body([{"shape": [1], "datatype": "FP32", "data": [1]}]), None, r"inputs\[0\]\.name must be"),
     (body([{"name": "x", "shape": [1], "datatype": "FP32"}]), None, "neither 'data' nor"),
-    (body([{"name": "x", "shape": [2**40, 2**40], "datatype": "FP32", "data": []}]), None, "over the limit"),
+    (body([{"name": "x", "shape": [2**20, 2**20], "datatype": "FP32", "data": []}]), None, "over the limit"),
     (body([{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}], id=5), None, "'id' must be a string"),
     (
         body([{"name": "x", "shape": [2], "datatype": "FP32", "parameters": {"binary_data_size": 8}}]),
@@ -218,6 +218,39 @@ def test_shared_memory_is_unsupported() -> None:
     )
     with pytest.raises(UnsupportedError, match="shared-memory"):
         decode_request(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (body([{"name": "x", "shape": [0, 2**62, 2**62], "datatype": "FP32", "data": []}]), "integers from 0 to"),
+        (body([{"name": "x", "shape": [1] * 70, "datatype": "FP32", "data": [1]}]), "70 dimensions"),
+        (body([{"name": "x", "shape": [1], "datatype": "FP16", "data": [1e6]}]), "out of range for FP16"),
+        (body([{"name": "x", "shape": [1], "datatype": "FP32", "data": [1e300]}]), "out of range for FP32"),
+        (
+            body(
+                [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}], outputs=[{"name": "y"}, {"name": "y"}]
+            ),
+            "requested more than once",
+        ),
+    ],
+)
+def test_absurd_values_are_protocol_errors(raw: bytes, message: str) -> None:
+    with pytest.raises(ProtocolError, match=message):
+        decode_request(raw)
+
+
+def test_binary_bool_must_be_zero_or_one() -> None:
+    head = orjson.dumps(
+        {"inputs": [{"name": "x", "datatype": "BOOL", "shape": [4], "parameters": {"binary_data_size": 4}}]}
+    )
+    with pytest.raises(ProtocolError, match="bytes 0 or 1"):
+        decode_request(head + bytes([2, 0, 255, 1]), len(head))
+
+
+def test_empty_outputs_list_means_all_outputs() -> None:
+    raw = body([{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}], outputs=[])
+    assert decode_request(raw).outputs is None
 
 
 def test_deeply_nested_data_is_a_clean_error() -> None:

@@ -1,0 +1,266 @@
+"""The benchmark suite: HTTP framing, latency accounting of both loops, the models, and the comparison's smoke mode.
+
+No test asserts how fast anything is. The one timing-dependent check (open-loop latency includes queueing) only
+asserts a lower bound that a slower machine makes larger, never smaller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from benchmarks.loadgen import LoadSpec, run_load, summarize_latencies
+from benchmarks.models import MEDIUM, TINY, build_model, write_repository
+from benchmarks.payload import build_body, infer_url, metadata_url
+from benchmarks.report import Cell, Report, Row
+from benchmarks.wire import Endpoint, ResponseFramer, WireError, encode_request
+
+ROOT = Path(__file__).resolve().parent.parent
+REPLY_BODY = b'{"outputs":[]}'
+REPLY = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 14\r\n\r\n" + REPLY_BODY
+
+
+# --- framing -------------------------------------------------------------------------------------------------------
+
+CHUNKED = (
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nX-Trailer: t\r\n\r\n"
+)
+NOT_FOUND = b"HTTP/1.1 404 Not Found\r\ncontent-length: 3\r\nconnection: close\r\n\r\nno!"
+NO_CONTENT = b"HTTP/1.1 204 No Content\r\nServer: x\r\n\r\n"
+STREAM = REPLY + CHUNKED + NO_CONTENT + REPLY + NOT_FOUND
+
+
+@settings(max_examples=200, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=0, max_value=len(STREAM)), max_size=12))
+def test_framer_finds_every_response_however_the_bytes_are_split(cuts: list[int]) -> None:
+    framer = ResponseFramer()
+    bounds = [0, *sorted(cuts), len(STREAM)]
+    statuses: list[int] = []
+    for start, stop in zip(bounds, bounds[1:], strict=False):
+        statuses += framer.feed(STREAM[start:stop])
+    assert statuses == [200, 200, 204, 200, 404]
+    assert framer.idle
+    assert framer.close_requested
+
+
+def test_framer_rejects_a_response_it_cannot_delimit() -> None:
+    with pytest.raises(WireError):
+        ResponseFramer().feed(b"HTTP/1.1 200 OK\r\nServer: x\r\n\r\nbody until close")
+    with pytest.raises(WireError):
+        ResponseFramer().feed(b"SSH-2.0-OpenSSH\r\n\r\n")
+
+
+def test_request_is_encoded_once_with_length_and_host() -> None:
+    endpoint = Endpoint.parse("http://127.0.0.1:8123/v2/models/tiny/infer")
+    request = encode_request(endpoint, b"{}", headers={"X-User-Id": "7"})
+    head, _, body = request.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n")[0] == b"POST /v2/models/tiny/infer HTTP/1.1"
+    assert b"Host: 127.0.0.1:8123" in head and b"Content-Length: 2" in head and b"X-User-Id: 7" in head
+    assert body == b"{}"
+    with pytest.raises(ValueError):
+        Endpoint.parse("https://example.com/")
+
+
+# --- bodies, percentiles, models -----------------------------------------------------------------------------------
+
+
+def test_infer_and_metadata_urls() -> None:
+    assert infer_url("http://h:1", "tiny") == "http://h:1/v2/models/tiny/infer"
+    assert infer_url("http://h:1/", "tiny", "2") == "http://h:1/v2/models/tiny/versions/2/infer"
+    assert infer_url("http://h:1/custom/infer", None) == "http://h:1/custom/infer"
+    assert metadata_url("http://h:1/v2/models/tiny/infer") == "http://h:1/v2/models/tiny"
+    with pytest.raises(ValueError):
+        infer_url("http://h:1", None)
+
+
+def test_generated_body_matches_the_metadata_shape_and_is_seeded() -> None:
+    inputs = [{"name": "input", "datatype": "FP32", "shape": [-1, 16]}, {"name": "k", "datatype": "INT64",
+                                                                          "shape": [-1, 2, -1]}]
+    body = json.loads(build_body(inputs, batch=4, seed=3))
+    first, second = body["inputs"]
+    assert first["shape"] == [4, 16] and len(first["data"]) == 64
+    assert second["shape"] == [4, 2, 1] and len(second["data"]) == 8
+    assert build_body(inputs, batch=4, seed=3) == build_body(inputs, batch=4, seed=3)
+    assert build_body(inputs, batch=4, seed=3) != build_body(inputs, batch=4, seed=4)
+
+
+def test_percentiles_are_nearest_rank_in_milliseconds() -> None:
+    stats = summarize_latencies([i / 1000 for i in range(1, 101)])  # 1 ms .. 100 ms
+    assert stats["p50"] == pytest.approx(50.0)
+    assert stats["p99"] == pytest.approx(99.0)
+    assert stats["max"] == pytest.approx(100.0)
+    assert stats["mean"] == pytest.approx(50.5)
+    assert summarize_latencies([])["p99"] == 0.0
+
+
+def test_models_are_deterministic_and_have_the_declared_signature(tmp_path: Path) -> None:
+    assert build_model(TINY).SerializeToString() == build_model(TINY).SerializeToString()
+    paths = write_repository(tmp_path)
+    assert paths["tiny"] == tmp_path / "tiny" / "1" / "model.onnx"
+    for spec in (TINY, MEDIUM):
+        session = ort.InferenceSession(str(paths[spec.name]), providers=["CPUExecutionProvider"])
+        (inp,) = session.get_inputs()
+        (out,) = session.get_outputs()
+        assert (inp.name, inp.type, inp.shape[1]) == ("input", "tensor(float)", spec.n_inputs)
+        assert (out.name, out.shape[1]) == ("output", spec.n_outputs)
+        result = session.run(None, {"input": np.ones((3, spec.n_inputs), np.float32)})[0]
+        assert result.shape == (3, spec.n_outputs) and np.isfinite(result).all()
+
+
+# --- load generator against an in-test server ----------------------------------------------------------------------
+
+
+class _DelayedReply(asyncio.Protocol):
+    """Answers each complete request (Content-Length framed) with REPLY after `delay` seconds, in order."""
+
+    def __init__(self, delay: float, opened: list[asyncio.BaseTransport]) -> None:
+        self._delay = delay
+        self._opened = opened
+        self._buf = bytearray()
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self._opened.append(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        while (end := self._buf.find(b"\r\n\r\n")) >= 0:
+            head = bytes(self._buf[:end]).lower()
+            start = head.index(b"content-length:") + len(b"content-length:")
+            length = int(head[start:].split(b"\r\n", 1)[0])
+            if len(self._buf) < end + 4 + length:
+                return
+            del self._buf[: end + 4 + length]
+            assert self._transport is not None
+            if self._delay:
+                asyncio.get_running_loop().call_later(self._delay, self._transport.write, REPLY)
+            else:
+                self._transport.write(REPLY)
+
+
+@pytest.fixture
+def server_factory() -> Iterator[object]:
+    """Start fixed-reply servers on a background event loop; yields a function delay -> base URL."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    servers: list[asyncio.Server] = []
+    opened: list[asyncio.BaseTransport] = []
+
+    def start(delay: float) -> str:
+        async def serve() -> int:
+            server = await loop.create_server(lambda: _DelayedReply(delay, opened), "127.0.0.1", 0)
+            servers.append(server)
+            port: int = server.sockets[0].getsockname()[1]
+            return port
+
+        port = asyncio.run_coroutine_threadsafe(serve(), loop).result(timeout=10)
+        return f"http://127.0.0.1:{port}/v2/models/m/infer"
+
+    yield start
+
+    async def shut() -> None:
+        for transport in opened:
+            transport.close()
+        for server in servers:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run_coroutine_threadsafe(shut(), loop).result(timeout=10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(timeout=10)
+    loop.close()
+
+
+def test_closed_loop_counts_responses_in_the_window(server_factory: object) -> None:
+    url = server_factory(0.0)  # type: ignore[operator]
+    result = run_load(LoadSpec(url=url, body=b"{}", connections=4, duration_s=0.5, warmup_s=0.1))
+    assert result.mode == "closed" and result.engine == "python"
+    assert result.requests > 0 and result.errors == 0
+    assert result.rps == pytest.approx(result.requests / result.duration_s)
+    assert 0 < result.latency_ms["p50"] <= result.latency_ms["p99"] <= result.latency_ms["max"]
+
+
+def test_open_loop_sends_exactly_the_scheduled_requests(server_factory: object) -> None:
+    url = server_factory(0.0)  # type: ignore[operator]
+    result = run_load(LoadSpec(url=url, body=b"{}", connections=4, duration_s=0.5, warmup_s=0.1, rate=200.0))
+    # Requests due at start + i/200 with 0.1 <= i/200 < 0.6: i = 20 .. 119, so 100; +-1 for float rounding at edges.
+    assert result.requests + result.errors in (99, 100, 101)
+    assert result.errors == 0
+
+
+def test_open_loop_latency_counts_time_queued_behind_a_slow_server(server_factory: object) -> None:
+    # One connection, 50 ms per response, a request due every 25 ms: request i waits for i earlier ones, so its
+    # latency from its due time is about 50 + 25 i ms, while each response itself takes only 50 ms after it is sent.
+    # A coordinated-omission load generator would report ~50 ms for all of them; the p99 here must be far above.
+    url = server_factory(0.05)  # type: ignore[operator]
+    result = run_load(LoadSpec(url=url, body=b"{}", connections=1, duration_s=0.4, warmup_s=0.0, rate=40.0))
+    assert result.requests == 16 and result.errors == 0
+    assert result.queued >= 10
+    assert result.latency_ms["p99"] > 300.0  # >= 50 + 25 * 15 = 425 ms on any machine; slower only adds
+    assert result.max_send_lag_ms > 250.0
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk not installed")
+def test_wrk_engine_reports_the_same_fields(server_factory: object) -> None:
+    url = server_factory(0.0)  # type: ignore[operator]
+    result = run_load(LoadSpec(url=url, body=b"{}", connections=2, duration_s=1.0, warmup_s=0.0), engine="wrk")
+    assert result.engine == "wrk" and result.requests > 0 and result.errors == 0
+    assert result.latency_ms["p50"] <= result.latency_ms["p99"]
+
+
+# --- report and the comparison's smoke mode ------------------------------------------------------------------------
+
+
+def test_report_marks_failed_servers_and_computes_ratios() -> None:
+    from benchmarks.loadgen import LoadResult
+
+    def result(rps: float, p99: float) -> LoadResult:
+        lat = {"p50": p99 / 2, "p90": p99, "p99": p99, "p999": p99, "max": p99, "mean": p99 / 2}
+        return LoadResult("python", "closed", "u", 32, None, 1.0, int(rps), 0, rps, lat, 0.5)
+
+    tiny = Cell("tiny", 1, 32)
+    report = Report("t", {}, (
+        Row("floor", tiny, result(20000, 2.0)),
+        Row("fastapi", tiny, result(4000, 10.0)),
+        Row("gateway", tiny, result(14000, 3.0)),
+        Row("mlserver", tiny, None, "server failed to start: boom"),
+    ))
+    ratios = {(r.gateway, r.baseline): r for r in report.ratios()}
+    assert ratios[("gateway", "floor")].rps == pytest.approx(0.7)
+    assert ratios[("gateway", "fastapi")].p99 == pytest.approx(0.3)
+    targets = {t.name: t.passed for t in report.targets()}
+    assert targets["tiny b1 c32: gateway >= 0.6x floor req/s"] is True
+    assert targets["tiny b1 c32: gateway >= 3x fastapi req/s"] is True
+    assert targets["mlserver below the gateway in every row"] is None
+    markdown = report.markdown()
+    assert "server failed to start: boom" in markdown and "0.70x" in markdown
+
+
+def test_compare_smoke_mode_measures_every_server(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.compare", "--smoke", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=240, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "compare-smoke.json").read_text())
+    assert (tmp_path / "compare-smoke.md").read_text().startswith("# ")
+    rows = report["rows"]
+    assert {r["system"] for r in rows} == {"floor", "fastapi", "gateway"}
+    assert len(rows) == 12  # tiny x batch {1, 32} x connections {1, 32} x 3 systems
+    for row in rows:
+        assert row["error"] is None, (row["system"], row["error"])
+        assert row["result"]["rps"] > 0, row["system"]
