@@ -62,6 +62,7 @@ class Settings:
     watch: bool = True
     drift_interval: float = 0.05  # seconds the drift worker rests when its buffer is empty
     drift_buffer: int = 10_000  # sampled requests waiting for the drift worker; more are dropped and counted
+    retire_grace: float = 30.0  # seconds a retired version's series stay, so its last requests are counted
 
 
 def build_predlog(
@@ -78,6 +79,12 @@ def build_predlog(
     base = settings.config_path.parent if settings.config_path is not None else Path.cwd()
     parsed = dataclasses.replace(parsed, path=base / parsed.path)
     return PredictionLog(parsed, metrics=PredictionLogMetrics(registry), random=rng.random)
+
+
+def _report_failure(task: asyncio.Task[object]) -> None:
+    """A background task (watcher, drift worker, log writer) that dies must say so, not vanish."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("background task %s stopped: %r", task.get_name(), task.exception(), exc_info=task.exception())
 
 
 class GatewayApp:
@@ -121,6 +128,7 @@ def create_app(
         config_path=settings.config_path,
         model_repository=settings.model_repository,
         on_swap=drift.sync,
+        retire_grace=settings.retire_grace,
     )
     snapshot = reloader.start()
     config = reloader.current.config
@@ -148,6 +156,7 @@ def create_app(
             task = asyncio.create_task(coro, name=name)
             tasks.add(task)  # the loop keeps only weak references to tasks
             task.add_done_callback(tasks.discard)
+            task.add_done_callback(_report_failure)
 
         spawn(monitor.run(settings.drift_interval), "drift-monitor")
         if predlog is not None:

@@ -120,6 +120,15 @@ class BatchingMetrics:
             "gateway_batch_rejected", "Requests refused because the batch queue was full.", labels, registry=registry
         )
 
+    def forget(self, model: str, version: str) -> None:
+        """Drop a retired version's series (and the queue-depth callback that holds its batcher)."""
+        for metric in (self.batch_rows, self.queue_seconds, self.executions, self.inferences, self.requests,
+                       self.queue_depth, self.rejected):  # fmt: skip
+            try:
+                metric.remove(model, version)
+            except KeyError:
+                pass
+
     def bind(self, model: str, version: str) -> BoundBatchingMetrics:
         return BoundBatchingMetrics(
             batch_rows=self.batch_rows.labels(model, version),

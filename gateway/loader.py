@@ -69,11 +69,19 @@ class VersionLoader:
             return previous
         backend = load_onnx(source.model_file, self._options, self._executor)
         profile = _profile(source, backend)
-        metrics = self._metrics.bind(source.model, str(source.version), threaded_compute=batching is not None)
+        metrics = self._metrics.bind(source.model, str(source.version))
         batcher = None if batching is None else self._batcher(backend, batching, metrics, source)
         runner: Runner = backend.infer if batcher is None else _batched(batcher)
         drift_key = DriftKey(source.model, str(source.version))
         return Loaded(Served(source, backend, metrics, runner, drift_key, profile), stamp, batching, batcher)
+
+    def forget(self, key: Key, *, batching_only: bool = False) -> None:
+        """Drop the series of a version that is gone for good (or only its batching series, when it stopped
+        batching); the batching queue-depth callback is what would otherwise keep its session alive."""
+        model, version = key[0], str(key[1])
+        self._batching.forget(model, version)
+        if not batching_only:
+            self._metrics.forget(model, version)
 
     def _batcher(
         self, backend: OnnxBackend, config: BatchingConfig, metrics: VersionMetrics, source: VersionSource

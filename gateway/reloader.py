@@ -79,6 +79,7 @@ class Reloader:
         config_path: Path | None,
         model_repository: Path | None = None,
         on_swap: Callable[[Generation, Generation | None], None] | None = None,
+        retire_grace: float = 30.0,
     ) -> None:
         if (config_path is None) == (model_repository is None):
             raise ValueError("give exactly one of config_path and model_repository")
@@ -92,6 +93,7 @@ class Reloader:
         self._dataplane: DataPlane | None = None
         self._sm = _ReloadMetrics(metrics)
         self._retiring: set[asyncio.Future[None]] = set()
+        self._grace = retire_grace
 
     @property
     def current(self) -> Generation:
@@ -176,18 +178,30 @@ class Reloader:
         if previous is not None:
             for key, old in previous.loaded.items():
                 kept = generation.loaded.get(key)
-                if kept is None or kept.served is not old.served:
-                    # Retired: requests already running hold their own reference and finish on it; new ones cannot
-                    # reach it. The session is freed when the last of them drops it; a batcher drains its queue.
-                    if old.batcher is not None:
-                        closing = asyncio.ensure_future(old.batcher.aclose(drain=True))
-                        self._retiring.add(closing)  # the loop keeps only a weak reference
-                        closing.add_done_callback(self._retiring.discard)
-                    if kept is None:
-                        self._metrics.model_ready.remove(key[0], str(key[1]))
-                        self._metrics.forget(key[0], str(key[1]))
+                if kept is not None and kept.served is old.served:
+                    continue
+                # Retired or replaced: requests already running hold their own reference and finish on it; new ones
+                # cannot reach it. The session is freed when the last of them drops it.
+                if kept is None:
+                    self._metrics.model_ready.remove(key[0], str(key[1]))
+                closing = asyncio.ensure_future(self._retire(key, old, gone=kept is None))
+                self._retiring.add(closing)  # the loop keeps only a weak reference
+                closing.add_done_callback(self._retiring.discard)
         if self._on_swap is not None:
             self._on_swap(generation, previous)
+
+    async def _retire(self, key: Key, old: Loaded, *, gone: bool) -> None:
+        if old.batcher is not None:
+            await old.batcher.aclose(drain=True)  # its queued requests still run
+        if not gone:
+            now = self.current.loaded.get(key)
+            if now is not None and now.batcher is None and old.batcher is not None:
+                self._loader.forget(key, batching_only=True)
+            return
+        # Requests still running on the retired version record their outcome into its series first.
+        await asyncio.sleep(self._grace)
+        if key not in self.current.loaded:  # it may have come back meanwhile, with these same series
+            self._loader.forget(key)
 
     async def run(self, interval: float) -> None:
         while True:

@@ -76,15 +76,19 @@ class CounterFamily:
 
 
 class HistogramFamily:
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], buckets: Iterable[float]) -> None:
+    def __init__(
+        self, name: str, documentation: str, labelnames: Sequence[str], buckets: Iterable[float], *, threaded: bool
+    ) -> None:
+        """`threaded`: children are also written from worker threads, so each takes a lock."""
         self.name, self.documentation, self.labelnames = name, documentation, tuple(labelnames)
         self.bounds = tuple(float(b) for b in buckets)
+        self._kind = LockedSpread if threaded else Spread
         self._children: dict[tuple[str, ...], Spread] = {}
 
-    def labels(self, *values: str, threaded: bool = False) -> Spread:
+    def labels(self, *values: str) -> Spread:
         child = self._children.get(values)
-        if child is None or (threaded and not isinstance(child, LockedSpread)):
-            child = self._children[values] = LockedSpread(self.bounds) if threaded else Spread(self.bounds)
+        if child is None:
+            child = self._children[values] = self._kind(self.bounds)
         return child
 
     def remove(self, *values: str) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
 import sys
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -203,3 +205,26 @@ def test_validate_command(tmp_path: Path, repo: Path) -> None:
     assert failed.returncode == 1 and "routes.affine.versions.b: model affine version 9" in failed.stderr
     demo = subprocess.run([*run, str(Path(__file__).parent.parent / "config" / "gateway.yaml")], capture_output=True)
     assert demo.returncode == 0
+
+
+def test_retired_batched_version_is_freed_and_its_series_go(tmp_path: Path, repo: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    batching = "    batching: {max_batch_size: 8, max_queue_delay_us: 100}\n"
+    path.write_text(config_text(repo, {"a": 50, "b": 50}) + batching)
+    registry = CollectorRegistry()
+    app = create_app(Settings(config_path=path, watch=False, retire_grace=0.0), registry=registry)
+    with TestClient(app) as client:
+        client.post("/v2/models/affine/versions/b/infer", content=BODY)
+        backend = weakref.ref(app.state.dataplane.snapshot.versions[("affine", 2)].backend)
+        labels = {"model": "affine", "version": "2"}
+        assert registry.get_sample_value("gateway_batch_executions_total", labels) == 1
+        path.write_text(config_text(repo, {"a": 100}, {"a": 1}) + batching)
+        assert reload(client) == "applied"
+        deadline = time.monotonic() + 20
+        while registry.get_sample_value("gateway_batch_executions_total", labels) is not None:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert registry.get_sample_value("gateway_requests_total", {**labels, "outcome": "success"}) is None
+        gc.collect()
+        assert backend() is None  # nothing (no gauge callback, no batcher) keeps the retired session alive
+        assert served_version(client) == "1"

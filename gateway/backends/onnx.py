@@ -20,6 +20,7 @@ from gateway.protocol import DTYPES
 from gateway.signature import Signature, TensorSpec
 
 GraphOptimization = Literal["disable", "basic", "extended", "all"]
+INLINE_MAX_ROWS = 32  # the largest batch the warm-up times; bigger requests always go to a thread
 
 _OPT_LEVEL = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -94,24 +95,32 @@ class OnnxBackend:
         self._slots = asyncio.Semaphore(options.max_concurrency)
         self._max_waiting = options.max_waiting
         self._waiting = 0
-        self._inline_budget = options.inline_below_us * 1e-6
-        # Cost model from warm-up: fixed seconds per execution plus seconds per batch row; inf until measured.
+        self._budget = options.inline_below_us * 1e-6
+        # Cost model from warm-up: fixed seconds per execution plus seconds per input element; inf until measured.
         self._fixed_cost = float("inf")
-        self._row_cost = 0.0
+        self._element_cost = 0.0
+        self._inline_elements = 0
 
     @property
     def signature(self) -> Signature:
         return self._signature
 
     def warm(self) -> None:
-        """Run on zeros so the first real request does not pay for lazy initialisation, and time a 1-row and a 32-row
-        execution to decide which requests are cheap enough to run inline; fail the load if the model cannot run."""
+        """Run on zeros so the first real request does not pay for lazy initialisation, and time a 1-row and a
+        32-row execution to decide which requests are cheap enough to run inline; fail the load if it cannot run."""
         try:
             one = [self.run_timed(self._zeros(1))[1] for _ in range(7)]
             fixed = sorted(one)[len(one) // 2]
+            base = sum(a.size for a in self._zeros(1).values())
             if self._batched:
-                many = [self.run_timed(self._zeros(32))[1] for _ in range(5)]
-                self._row_cost = max(0.0, (sorted(many)[len(many) // 2] - fixed) / 31)
+                many = [self.run_timed(self._zeros(INLINE_MAX_ROWS))[1] for _ in range(5)]
+                per_row = (sorted(many)[len(many) // 2] - fixed) / (INLINE_MAX_ROWS - 1)
+                # Timing noise can make a big batch look free; never assume less than a tenth of a row's share.
+                self._element_cost = max(per_row, fixed / 10) / max(base, 1)
+                self._inline_elements = base * INLINE_MAX_ROWS  # beyond what was measured, never guess: a thread
+            else:
+                self._element_cost = fixed / max(base, 1)
+                self._inline_elements = base
             self._fixed_cost = fixed
         except Exception as exc:
             raise ModelLoadError(f"{self._path}: warm-up inference failed: {_first_line(exc)}") from exc
@@ -123,8 +132,12 @@ class OnnxBackend:
     def _zeros(self, rows: int) -> dict[str, npt.NDArray[Any]]:
         return {s.name: _zeros(s, rows) for s in self._signature.inputs}
 
-    def runs_inline(self, rows: int) -> bool:
-        return self._fixed_cost + self._row_cost * (rows - 1) < self._inline_budget
+    def runs_inline(self, inputs: Arrays) -> bool:
+        """Whether this request is expected to compute in less time than a thread hop costs (see OnnxOptions)."""
+        elements = 0
+        for array in inputs.values():
+            elements += array.size
+        return elements <= self._inline_elements and self._fixed_cost + self._element_cost * elements < self._budget
 
     def run(self, inputs: Arrays) -> Execution:
         """Run synchronously (the caller picks the thread); runtime errors become gateway errors."""
@@ -142,8 +155,7 @@ class OnnxBackend:
         return dict(zip(self._output_names, values, strict=True)), time.perf_counter() - start
 
     async def infer(self, inputs: Arrays) -> Execution:
-        first = next(iter(inputs.values()))
-        if self.runs_inline(first.shape[0] if first.ndim else 1):
+        if self.runs_inline(inputs):
             return self.run(inputs)
         if self._slots.locked():
             if self._waiting >= self._max_waiting:

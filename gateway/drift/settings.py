@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+import httpx
+
 from gateway.errors import ConfigError
 
 
@@ -83,6 +85,11 @@ def parse_drift_settings(data: object, path: str) -> DriftSettings:
     url = data.get("webhook_url")
     if url is not None and (not isinstance(url, str) or not url.startswith(("http://", "https://"))):
         raise ConfigError(f"{path}.webhook_url: must be an http(s) URL, got {url!r}")
+    if url is not None:
+        try:
+            httpx.URL(url)
+        except httpx.InvalidURL as exc:
+            raise ConfigError(f"{path}.webhook_url: {exc}") from None
     values["webhook_url"] = url
     return DriftSettings(**values)
 

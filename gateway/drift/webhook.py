@@ -73,7 +73,7 @@ class DriftWebhook:
                 response = await self._client.post(
                     url, content=body, headers={"content-type": "application/json"}, timeout=self._timeout
                 )
-            except httpx.HTTPError as exc:
+            except Exception as exc:  # any failure (transport, a URL httpx rejects) must not stop the sender
                 problem = f"{type(exc).__name__}: {exc}"
             else:
                 if response.is_success:
