@@ -140,7 +140,7 @@ def create_app(
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     async def reload_endpoint(request: Request) -> Response:
-        outcome = await reloader.check_once()
+        outcome = await reloader.check_once(force=True)
         status = 422 if outcome == "rejected" else 200
         return JSON({"outcome": outcome, "generation": reloader.current.number}, status_code=status)
 
@@ -164,7 +164,7 @@ def create_app(
         if settings.config_path is not None and settings.watch:
             spawn(reloader.run(settings.reload_interval), "config-watch")
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # no signals off the main thread
-                loop.add_signal_handler(signal.SIGHUP, lambda: spawn(reloader.check_once(), "config-sighup"))
+                loop.add_signal_handler(signal.SIGHUP, lambda: spawn(reloader.check_once(force=True), "config-sighup"))
         try:
             yield
         finally:

@@ -10,7 +10,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
@@ -19,8 +19,9 @@ from gateway.config import GatewayConfig, parse_config_bytes
 from gateway.dataplane import DataPlane, DecisionRecord, Snapshot
 from gateway.drift.settings import DriftSettings, parse_drift_settings
 from gateway.errors import ConfigError, GatewayError, ModelLoadError
-from gateway.loader import Key, Loaded, VersionLoader, repository_config
+from gateway.loader import FileStamp, Key, Loaded, VersionLoader, repository_config
 from gateway.metrics import Metrics
+from gateway.repository import MODEL_FILE
 from gateway.routing import Reason, RoutingTable
 
 logger = logging.getLogger(__name__)
@@ -94,6 +95,8 @@ class Reloader:
         self._sm = _ReloadMetrics(metrics)
         self._retiring: set[asyncio.Future[None]] = set()
         self._grace = retire_grace
+        self._rejected_digest: str | None = None  # the last file rejected: not re-processed until it changes
+        self._failed_stamps: dict[Key, FileStamp | None] = {}  # model files of failed versions, as last tried
 
     @property
     def current(self) -> Generation:
@@ -123,14 +126,20 @@ class Reloader:
             digest = ""
         generation = Generation(1, config, digest, loaded, failed, drift)
         self._install(generation, None)
+        self._failed_stamps = self._stamps(failed)
         self._sm.applied(generation.number)
         return build_snapshot(1, config, loaded, self._metrics)
 
     def attach(self, dataplane: DataPlane) -> None:
         self._dataplane = dataplane
 
-    async def check_once(self) -> Outcome:
-        """Re-read the config; if its content changed, validate, load, warm and swap, or keep the old one."""
+    async def check_once(self, *, force: bool = False) -> Outcome:
+        """Re-read the config; if its content changed, validate, load, warm and swap, or keep the old one.
+
+        A file already rejected is not tried again until it changes, and a version that failed to load at start is
+        retried once its model file changes. `force` (SIGHUP, POST /admin/reload) tries again regardless, for a fix
+        made to a model file the config names.
+        """
         if self._path is None:
             return "unchanged"
         async with self._lock:  # a SIGHUP and the watcher must not build two snapshots at once
@@ -142,14 +151,22 @@ class Reloader:
                 logger.error("config reload rejected: cannot read %s: %s", self._path, exc)
                 return "rejected"
             digest = hashlib.sha256(raw).hexdigest()
-            if digest == self.current.digest:
+            if not force:
+                if digest == self._rejected_digest:
+                    return "unchanged"
+                if digest == self.current.digest and not self._failed_changed():
+                    return "unchanged"
+            elif digest == self.current.digest and not self.current.failed:
                 return "unchanged"
             try:
                 generation, snapshot = await asyncio.to_thread(self._prepare, raw, digest)
             except (ConfigError, ModelLoadError, GatewayError) as exc:
                 self._sm.rejected()
+                self._rejected_digest = digest
+                self._failed_stamps = self._stamps(self.current.failed)
                 logger.error("config reload rejected, the previous config keeps serving: %s", exc)
                 return "rejected"
+            self._rejected_digest = None
             previous = self.current
             self._install(generation, previous)
             if self._dataplane is not None:
@@ -157,6 +174,15 @@ class Reloader:
             self._sm.applied(generation.number)
             logger.info("config generation %d applied from %s", generation.number, self._path)
             return "applied"
+
+    def _stamps(self, keys: Iterable[Key]) -> dict[Key, FileStamp | None]:
+        root = self.current.config.model_repository
+        return {key: _stamp(root / key[0] / str(key[1]) / MODEL_FILE) for key in keys}
+
+    def _failed_changed(self) -> bool:
+        """Whether a version that failed to load has a different model file now (cheap: one stat each)."""
+        failed = self.current.failed
+        return bool(failed) and self._stamps(failed) != self._failed_stamps
 
     def _prepare(self, raw: bytes, digest: str) -> tuple[Generation, Snapshot]:
         assert self._path is not None
@@ -210,6 +236,13 @@ class Reloader:
                 await self.check_once()
             except Exception:  # the watcher must outlive any surprise; the next tick tries again
                 logger.exception("config check failed")
+
+
+def _stamp(path: Path) -> FileStamp | None:
+    try:
+        return FileStamp.of(path)
+    except OSError:
+        return None
 
 
 class _ReloadMetrics:

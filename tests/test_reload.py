@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -55,6 +56,14 @@ def served_version(client: TestClient) -> str:
     assert response.status_code == 200, response.text
     version: str = response.json()["model_version"]
     return version
+
+
+def watch_tick(client: TestClient) -> str:
+    """One unforced check, as the file watcher makes it."""
+    portal = client.portal
+    assert portal is not None
+    outcome: str = portal.call(client.app.state.reloader.check_once)  # type: ignore[attr-defined]
+    return outcome
 
 
 def reload(client: TestClient) -> str:
@@ -228,3 +237,31 @@ def test_retired_batched_version_is_freed_and_its_series_go(tmp_path: Path, repo
         gc.collect()
         assert backend() is None  # nothing (no gauge callback, no batcher) keeps the retired session alive
         assert served_version(client) == "1"
+
+
+def test_a_rejected_file_is_not_reprocessed_until_it_changes(
+    setup: tuple[TestClient, Path, CollectorRegistry], repo: Path
+) -> None:
+    client, path, registry = setup
+    path.write_text(config_text(repo, {"a": 100}, {"a": 1, "b": 9}))
+    assert watch_tick(client) == "rejected"  # type: ignore[union-attr]
+    assert watch_tick(client) == "unchanged"  # type: ignore[union-attr]
+    assert registry.get_sample_value("gateway_config_reloads_total", {"outcome": "rejected"}) == 1
+    assert registry.get_sample_value("gateway_model_load_failures_total", {"model": "affine", "version": "9"}) == 1
+    shutil.copytree(repo / "affine" / "2", repo / "affine" / "9")
+    assert watch_tick(client) == "unchanged"  # the watcher waits for the file to change ...
+    assert reload(client) == "applied"  # ... a forced check (SIGHUP, POST /admin/reload) tries again
+
+
+def test_a_version_that_failed_at_start_is_retried_when_its_file_appears(tmp_path: Path, repo: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(config_text(repo, {"a": 50, "b": 50}, {"a": 1, "b": 9}))
+    app = create_app(Settings(config_path=path, watch=False), registry=CollectorRegistry())
+    with TestClient(app) as client:
+        assert client.get("/v2/health/ready").status_code == 503
+        assert client.post("/v2/models/affine/versions/b/infer", content=BODY).status_code == 503
+        assert watch_tick(client) == "unchanged"  # type: ignore[union-attr]
+        shutil.copytree(repo / "affine" / "3", repo / "affine" / "9")
+        assert watch_tick(client) == "applied"  # type: ignore[union-attr]
+        assert client.get("/v2/health/ready").status_code == 200
+        assert client.post("/v2/models/affine/versions/b/infer", content=BODY).json()["model_version"] == "9"
