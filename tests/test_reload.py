@@ -22,6 +22,7 @@ from server import gateway
 from starlette.testclient import TestClient
 
 from gateway.app import Settings, create_app
+from gateway.reloader import Reloader
 
 BODY = orjson.dumps({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [1, 1, 1, 1]}]})
 
@@ -62,7 +63,8 @@ def watch_tick(client: TestClient) -> str:
     """One unforced check, as the file watcher makes it."""
     portal = client.portal
     assert portal is not None
-    outcome: str = portal.call(client.app.state.reloader.check_once)  # type: ignore[attr-defined]
+    reloader: Reloader = client.app.state.reloader  # type: ignore[attr-defined]
+    outcome: str = portal.call(reloader.check_once)
     return outcome
 
 
@@ -244,8 +246,8 @@ def test_a_rejected_file_is_not_reprocessed_until_it_changes(
 ) -> None:
     client, path, registry = setup
     path.write_text(config_text(repo, {"a": 100}, {"a": 1, "b": 9}))
-    assert watch_tick(client) == "rejected"  # type: ignore[union-attr]
-    assert watch_tick(client) == "unchanged"  # type: ignore[union-attr]
+    assert watch_tick(client) == "rejected"
+    assert watch_tick(client) == "unchanged"
     assert registry.get_sample_value("gateway_config_reloads_total", {"outcome": "rejected"}) == 1
     assert registry.get_sample_value("gateway_model_load_failures_total", {"model": "affine", "version": "9"}) == 1
     shutil.copytree(repo / "affine" / "2", repo / "affine" / "9")
@@ -260,8 +262,8 @@ def test_a_version_that_failed_at_start_is_retried_when_its_file_appears(tmp_pat
     with TestClient(app) as client:
         assert client.get("/v2/health/ready").status_code == 503
         assert client.post("/v2/models/affine/versions/b/infer", content=BODY).status_code == 503
-        assert watch_tick(client) == "unchanged"  # type: ignore[union-attr]
+        assert watch_tick(client) == "unchanged"
         shutil.copytree(repo / "affine" / "3", repo / "affine" / "9")
-        assert watch_tick(client) == "applied"  # type: ignore[union-attr]
+        assert watch_tick(client) == "applied"
         assert client.get("/v2/health/ready").status_code == 200
         assert client.post("/v2/models/affine/versions/b/infer", content=BODY).json()["model_version"] == "9"
