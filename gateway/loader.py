@@ -18,7 +18,7 @@ from gateway.drift.profile import Profile, load_profile
 from gateway.drift.sampler import DriftKey
 from gateway.errors import ModelLoadError
 from gateway.metrics import Metrics, VersionMetrics
-from gateway.repository import MODEL_FILE, VersionSource, locate, scan_models
+from gateway.repository import METADATA_FILE, MODEL_FILE, VersionSource, locate, scan_models
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ PROFILE_FILE = "profile.json"
 
 @dataclass(frozen=True, slots=True)
 class FileStamp:
-    """Enough to tell that a model file was replaced in place (same version number, new bytes)."""
+    """Enough to tell that a file was replaced in place (same version number, new bytes)."""
 
     size: int
     mtime_ns: int
@@ -40,10 +40,21 @@ class FileStamp:
         return cls(st.st_size, st.st_mtime_ns, st.st_ino)
 
 
+def _folder_stamp(source: VersionSource) -> tuple[FileStamp | None, ...]:
+    """The model file and the files beside it that the version reads (metadata, drift profile)."""
+    stamps: list[FileStamp | None] = []
+    for path in (source.model_file, source.folder / METADATA_FILE, source.folder / PROFILE_FILE):
+        try:
+            stamps.append(FileStamp.of(path))
+        except OSError:
+            stamps.append(None)
+    return tuple(stamps)
+
+
 @dataclass(frozen=True, slots=True)
 class Loaded:
     served: Served
-    stamp: FileStamp
+    stamp: tuple[FileStamp | None, ...]
     batching: BatchingConfig | None = None
     batcher: DynamicBatcher | None = None  # closed (queue drained) when the version is retired
 
@@ -59,7 +70,7 @@ class VersionLoader:
 
     def load(self, root: Path, key: Key, previous: Loaded | None, batching: BatchingConfig | None) -> Loaded:
         source = locate(root, *key)
-        stamp = FileStamp.of(source.model_file)
+        stamp = _folder_stamp(source)
         if (
             previous is not None
             and previous.stamp == stamp

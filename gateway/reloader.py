@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
-from gateway.config import GatewayConfig, parse_config_bytes
+from gateway.config import GatewayConfig, RouteConfig, parse_config_bytes
 from gateway.dataplane import DataPlane, DecisionRecord, Snapshot
 from gateway.drift.settings import DriftSettings, parse_drift_settings
 from gateway.errors import ConfigError, GatewayError, ModelLoadError
@@ -45,7 +45,15 @@ class Generation:
 def parse_side_channels(config: GatewayConfig) -> dict[str, DriftSettings]:
     """Settings other modules own, validated before any model loads so a fault rejects the file by its key."""
     drift: dict[str, DriftSettings] = {}
+    batching: dict[tuple[str, int], tuple[str, object]] = {}
     for name, route in config.routes.items():
+        for spec in route.versions.values():
+            first = batching.setdefault((route.model, spec.version), (name, route.batching))
+            if first[1] != route.batching:
+                raise ConfigError(
+                    f"{config.source}: routes.{name}.batching: model {route.model} version {spec.version} is also"
+                    f" served by route {first[0]} with other batching settings; one version has one batcher"
+                )
         try:
             drift[name] = parse_drift_settings(route.drift, f"routes.{name}.drift")
         except ConfigError as exc:
@@ -55,9 +63,6 @@ def parse_side_channels(config: GatewayConfig) -> dict[str, DriftSettings]:
 
 def build_snapshot(number: int, config: GatewayConfig, loaded: dict[Key, Loaded], metrics: Metrics) -> Snapshot:
     table = RoutingTable.from_config(config)
-    for name, route in table.routes.items():
-        for version, share in route.weights().items():
-            metrics.route_weight.labels(name, version).set(share)
     decisions = {
         (name, target.name, reason): DecisionRecord.of(
             metrics.route_requests.labels(name, target.name, reason), name, target.name, target.version, reason
@@ -197,6 +202,7 @@ class Reloader:
 
     def _install(self, generation: Generation, previous: Generation | None) -> None:
         self._current = generation
+        self._publish_weights(generation, previous)
         for model, version in generation.loaded:
             self._metrics.model_ready.labels(model, str(version)).set(1)
         for model, version in generation.failed:
@@ -215,6 +221,18 @@ class Reloader:
                 closing.add_done_callback(self._retiring.discard)
         if self._on_swap is not None:
             self._on_swap(generation, previous)
+
+    def _publish_weights(self, generation: Generation, previous: Generation | None) -> None:
+        """Set each route version's share and drop the series of versions the new config no longer has."""
+        gauge = self._metrics.route_weight
+        now = {(name, v): share for name, r in generation.config.routes.items() for v, share in _shares(r).items()}
+        if previous is not None:
+            for name, route in previous.config.routes.items():
+                for version in route.versions:
+                    if (name, version) not in now:
+                        gauge.remove(name, version)
+        for (name, version), share in now.items():
+            gauge.labels(name, version).set(share)
 
     async def _retire(self, key: Key, old: Loaded, *, gone: bool) -> None:
         if old.batcher is not None:
@@ -236,6 +254,11 @@ class Reloader:
                 await self.check_once()
             except Exception:  # the watcher must outlive any surprise; the next tick tries again
                 logger.exception("config check failed")
+
+
+def _shares(route: RouteConfig) -> dict[str, float]:
+    total = sum(route.split.weights.values())
+    return {name: weight / total for name, weight in route.split.weights.items()}
 
 
 def _stamp(path: Path) -> FileStamp | None:

@@ -178,6 +178,8 @@ def test_retired_version_leaves_the_exposition(setup: tuple[TestClient, Path, Co
     assert reload(client) == "applied"
     assert registry.get_sample_value("gateway_model_ready", {"model": "affine", "version": "1"}) is None
     assert registry.get_sample_value("gateway_model_ready", {"model": "affine", "version": "2"}) == 1
+    assert registry.get_sample_value("gateway_route_weight_ratio", {"route": "affine", "version": "a"}) is None
+    assert registry.get_sample_value("gateway_route_weight_ratio", {"route": "affine", "version": "b"}) == 1
 
 
 def test_unchanged_versions_are_reused_not_reloaded(
@@ -267,3 +269,14 @@ def test_a_version_that_failed_at_start_is_retried_when_its_file_appears(tmp_pat
         assert watch_tick(client) == "applied"
         assert client.get("/v2/health/ready").status_code == 200
         assert client.post("/v2/models/affine/versions/b/infer", content=BODY).json()["model_version"] == "9"
+
+
+def test_one_version_cannot_have_two_batchers(setup: tuple[TestClient, Path, CollectorRegistry], repo: Path) -> None:
+    client, path, _ = setup
+    path.write_text(
+        config_text(repo, {"a": 100})
+        + "    batching: {max_batch_size: 8}\n  other:\n    model: affine\n    versions: {a: 1}\n"
+        + "    batching: {max_batch_size: 16}\n"
+    )
+    response = client.post("/admin/reload")
+    assert response.json()["outcome"] == "rejected"
