@@ -131,7 +131,7 @@ class PredictionLogMetrics:
 
 
 # (id, unix time, model, version, reason, inputs, outputs, latency_ms): a tuple is the cheapest thing to append.
-_Record = tuple[str | None, float, str, str, str, Sequence[Tensor], Sequence[Tensor], float]
+_Record = tuple[str | None, float, str, str, str, tuple["_Captured", ...], tuple["_Captured", ...], float]
 
 
 class PredictionLog:
@@ -181,7 +181,12 @@ class PredictionLog:
             if self._closed or len(self._queue) >= self._max_queue:
                 self._dropped.value += 1
                 return
-            self._queue.append((request_id, self._clock(), model, version, reason, inputs, outputs, latency_ms))
+            # Capped copies: a record must not pin a whole request body (binary inputs are views of it) in the queue.
+            cap = self._config.max_elements
+            self._queue.append(
+                (request_id, self._clock(), model, version, reason, _capture(inputs, cap), _capture(outputs, cap),
+                 latency_ms)
+            )  # fmt: skip
             if self._wakeup is not None:
                 self._wakeup.set()
         except Exception:  # a broken injected clock or random must not fail a request
@@ -241,15 +246,14 @@ class PredictionLog:
 
     def _encode(self, record: _Record) -> bytes:
         request_id, stamp, model, version, reason, inputs, outputs, latency_ms = record
-        cap = self._config.max_elements
         document = {
             "id": request_id,
             "time": datetime.fromtimestamp(stamp, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
             "model": model,
             "version": version,
             "reason": reason,
-            "inputs": {t.name: _tensor(t, cap) for t in inputs},
-            "outputs": {t.name: _tensor(t, cap) for t in outputs},
+            "inputs": {t[0]: _tensor(t) for t in inputs},
+            "outputs": {t[0]: _tensor(t) for t in outputs},
             "latency_ms": latency_ms,
         }
         return orjson.dumps(document) + b"\n"
@@ -328,12 +332,23 @@ class PredictionLog:
             self._file = None
 
 
-def _tensor(tensor: Tensor, cap: int) -> dict[str, Any]:
-    array = tensor.array
-    size = int(array.size)
-    flat = array.reshape(-1) if size <= cap else np.asarray(array.flat[:cap])
-    encoded: dict[str, Any] = {"datatype": tensor.datatype, "shape": list(tensor.shape), "data": _values(flat)}
-    if size > cap:
+# (name, datatype, shape, at most `max_elements` values, truncated)
+_Captured = tuple[str, str, tuple[int, ...], np.ndarray[Any, Any], bool]
+
+
+def _capture(tensors: Sequence[Tensor], cap: int) -> tuple[_Captured, ...]:
+    captured = []
+    for tensor in tensors:
+        array = tensor.array
+        flat = np.array(array.reshape(-1)[:cap])  # a copy, never a view of the request
+        captured.append((tensor.name, tensor.datatype, tuple(array.shape), flat, int(array.size) > cap))
+    return tuple(captured)
+
+
+def _tensor(captured: _Captured) -> dict[str, Any]:
+    _, datatype, shape, flat, truncated = captured
+    encoded: dict[str, Any] = {"datatype": datatype, "shape": list(shape), "data": _values(flat)}
+    if truncated:
         encoded["truncated"] = True
     return encoded
 
