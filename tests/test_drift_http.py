@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -49,7 +51,12 @@ def test_shifted_traffic_flags_only_the_version_that_got_it(tmp_path: Path) -> N
         shifted = {"concave points error", "fractal dimension error", "worst compactness", "worst concavity"}
         assert set(versions["2"]["window"]["drifted_features"]) == shifted
         assert versions["1"]["window"]["drifted_features"] == []
-        families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+        exposition = client.get("/metrics").text
+        promtool = shutil.which("promtool")
+        assert promtool is not None, "install the Debian package 'prometheus' (.ci/run does)"
+        check = subprocess.run([promtool, "check", "metrics"], input=exposition.encode(), capture_output=True)
+        assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
+        families = {f.name: f for f in text_string_to_metric_families(exposition)}
         detected = {s.labels["version"]: s.value for s in families["gateway_drift_detected"].samples}
         assert detected == {"1": 0.0, "2": 1.0}
         taken = {s.labels["version"]: s.value for s in families["gateway_drift_samples_taken"].samples

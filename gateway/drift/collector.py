@@ -132,6 +132,16 @@ class DriftCollector(Collector):
         yield from (detected, window_drifted, window_samples, filling, evaluated, features_drifted)
         yield from (taken, dropped, processed, windows, windows_drifted, depth)
         yield from per_feature.values()
+        # Samples lost outside any version's counters: offers that failed, or samples of a version retired while
+        # they waited, or that could not be binned.
+        lost = CounterMetricFamily(
+            "gateway_drift_samples_lost", "Drift samples lost outside the per-version counters, by cause.",
+            labels=("cause",),
+        )  # fmt: skip
+        if live:
+            lost.add_metric(["offer_failed"], sampler.failures)
+            lost.add_metric(["discarded"], self._monitor.discarded)
+        yield lost
         if self._webhook is not None:
             yield _webhook_family(self._webhook, live=live)
 
