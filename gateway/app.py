@@ -176,6 +176,7 @@ def create_app(
             if predlog is not None:
                 await predlog.aclose()
             await http.aclose()
+            drift.close()
             executor.shutdown(wait=False, cancel_futures=True)
 
     app = Starlette(

@@ -280,3 +280,29 @@ def test_one_version_cannot_have_two_batchers(setup: tuple[TestClient, Path, Col
     )
     response = client.post("/admin/reload")
     assert response.json()["outcome"] == "rejected"
+
+
+def test_drift_follows_reloads(tmp_path: Path) -> None:
+    demo = Path(__file__).resolve().parent.parent / "config" / "models"
+    path = tmp_path / "gateway.yaml"
+    route = "  bc:\n    model: breast_cancer\n    versions: {s: 1, c: 2}\n    split: {weights: {s: 1}}\n"
+    base = f"model_repository: {demo}\nroutes:\n{route}"
+    path.write_text(base)
+    with TestClient(create_app(Settings(config_path=path, watch=False), registry=CollectorRegistry())) as client:
+        assert client.get("/admin/drift").json()["versions"] == []
+        path.write_text(base + "    drift: {window_size: 100}\n")
+        assert reload(client) == "applied"
+        deadline = time.monotonic() + 20
+        while len(versions := client.get("/admin/drift").json()["versions"]) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert {v["version"]: v["window_size"] for v in versions} == {"1": 100, "2": 100}
+        path.write_text(
+            base.replace("{s: 1, c: 2}", "{s: 1}").replace("    split: {weights: {s: 1}}\n", "")
+            + "    drift: {window_size: 100}\n"
+        )
+        assert reload(client) == "applied"
+        while len(versions := client.get("/admin/drift").json()["versions"]) != 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert versions[0]["version"] == "1"
