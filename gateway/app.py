@@ -46,6 +46,7 @@ from gateway.loader import VersionLoader
 from gateway.metrics import Metrics
 from gateway.monitoring import DriftRegistry
 from gateway.predlog import PredictionLog, PredictionLogMetrics, parse_prediction_log
+from gateway.protocol import strict_float_casts
 from gateway.reloader import Reloader
 
 logger = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ def create_app(
 ) -> GatewayApp:
     """Build the whole gateway. `seed` fixes every random draw (routing, drift and log sampling) for tests."""
     registry = registry if registry is not None else CollectorRegistry()
+    strict_float_casts()
     rng = random.Random(seed)
     metrics = Metrics(registry, build_version=__version__, runtime_version=runtime_version())
     executor = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="onnx")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import struct
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -244,6 +245,22 @@ def _from_json(
         if len(flat) != count:
             raise ProtocolError(f"{where}: data has {len(flat)} elements; shape {list(shape)} needs {count}")
         return np.array(flat, dtype=object).reshape(shape)
+    if dtype.kind == "f":
+        # Numbers straight to the float type: JSON numbers, and what the spec lets a server coerce (true/false,
+        # numeric strings, null as NaN, the mirror of NaN going out as null). A finite number the type cannot hold
+        # makes numpy warn "overflow encountered in cast"; the gateway turns that warning into an error (see
+        # `strict_float_casts`), so it arrives here as RuntimeWarning and costs nothing when it does not happen.
+        try:
+            array = np.array(data, dtype=dtype)
+        except RuntimeWarning:
+            raise ProtocolError(f"{where}: a value is out of range for {datatype}") from None
+        except (ValueError, TypeError):
+            raise ProtocolError(
+                f"{where}: {datatype} data must be numbers, in a (possibly nested) list with equal-length rows"
+            ) from None
+        if array.size != count:
+            raise ProtocolError(f"{where}: data has {array.size} elements; shape {list(shape)} needs {count}")
+        return array.reshape(shape)
     try:
         parsed = np.asarray(data)
     except (ValueError, TypeError):
@@ -258,18 +275,17 @@ def _from_json(
         # Integers past int64 (UINT64's top half) make numpy fall back to float or object: recheck them exactly.
         parsed = _exact_integers(data, dtype, where)
     if parsed.dtype.kind not in _KIND_OK[dtype.kind]:
-        expected = {"b": "true/false", "i": "integers", "u": "integers", "f": "numbers"}[dtype.kind]
+        expected = {"b": "true/false", "i": "integers", "u": "integers"}[dtype.kind]
         raise ProtocolError(f"{where}: {datatype} data must be {expected}, got {_kind_name(parsed.dtype)}")
     if dtype.kind in "iu" and not _fits(parsed, dtype):
         raise ProtocolError(f"{where}: a value is out of range for {datatype}")
-    if dtype.kind == "f" and dtype.itemsize < parsed.dtype.itemsize:
-        with np.errstate(over="ignore"):
-            cast = parsed.astype(dtype)
-        # A finite JSON number that the narrower float cannot hold would silently become inf.
-        if not np.isfinite(cast).all() and np.isfinite(parsed).all():
-            raise ProtocolError(f"{where}: a value is out of range for {datatype}")
-        return cast.reshape(shape)
     return parsed.astype(dtype, copy=False).reshape(shape)
+
+
+def strict_float_casts() -> None:
+    """Make numpy's float-overflow warning an error in this module, so JSON decoding can refuse a value that the
+    input's float type cannot hold without checking every array on the hot path. Called by the composition root."""
+    warnings.filterwarnings("error", message="overflow encountered in cast", category=RuntimeWarning, module=__name__)
 
 
 def _exact_integers(data: list[Any], dtype: np.dtype[Any], where: str) -> npt.NDArray[Any]:

@@ -109,12 +109,10 @@ class OnnxBackend:
         """Run on zeros so the first real request does not pay for lazy initialisation, and time a 1-row and a
         32-row execution to decide which requests are cheap enough to run inline; fail the load if it cannot run."""
         try:
-            one = [self.run_timed(self._zeros(1))[1] for _ in range(7)]
-            fixed = sorted(one)[len(one) // 2]
+            fixed = self._time(1)
             base = sum(a.size for a in self._zeros(1).values())
             if self._batched:
-                many = [self.run_timed(self._zeros(INLINE_MAX_ROWS))[1] for _ in range(5)]
-                per_row = (sorted(many)[len(many) // 2] - fixed) / (INLINE_MAX_ROWS - 1)
+                per_row = (self._time(INLINE_MAX_ROWS) - fixed) / (INLINE_MAX_ROWS - 1)
                 # Timing noise can make a big batch look free; never assume less than a tenth of a row's share.
                 self._element_cost = max(per_row, fixed / 10) / max(base, 1)
                 self._inline_elements = base * INLINE_MAX_ROWS  # beyond what was measured, never guess: a thread
@@ -124,6 +122,15 @@ class OnnxBackend:
             self._fixed_cost = fixed
         except Exception as exc:
             raise ModelLoadError(f"{self._path}: warm-up inference failed: {_first_line(exc)}") from exc
+
+    def _time(self, rows: int) -> float:
+        """Typical seconds for one execution of `rows` rows: the first runs (arena growth, lazy kernels) are
+        discarded and the lower quartile of the rest kept, which a busy machine disturbs least."""
+        inputs = self._zeros(rows)
+        for _ in range(5):
+            self.run_timed(inputs)
+        times = sorted(self.run_timed(inputs)[1] for _ in range(21))
+        return times[len(times) // 4]
 
     @property
     def _batched(self) -> bool:
