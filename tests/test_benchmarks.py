@@ -264,3 +264,16 @@ def test_compare_smoke_mode_measures_every_server(tmp_path: Path) -> None:
     for row in rows:
         assert row["error"] is None, (row["system"], row["error"])
         assert row["result"]["rps"] > 0, row["system"]
+
+
+def test_a_server_that_fails_to_start_becomes_failed_rows(tmp_path: Path) -> None:
+    from benchmarks.compare import Plan, run_systems
+    from benchmarks.servers import ServerSpec
+
+    cells = (Cell("tiny", 1, 1), Cell("tiny", 1, 32))
+    plan = Plan(cells, ("broken",), duration_s=0.1, warmup_s=0.0, engine="python", server_cores=(),
+                loadgen_cores=(), ceiling=False, start_timeout_s=30.0)
+    broken = ServerSpec("broken", (sys.executable, "-c", "import sys; print('no model here'); sys.exit(3)"))
+    rows = run_systems([broken], {("tiny", 1): tmp_path / "unused.json"}, plan, tmp_path)
+    assert [(r.system, r.cell, r.result) for r in rows] == [("broken", c, None) for c in cells]
+    assert all(r.error is not None and "exited with 3" in r.error and "no model here" in r.error for r in rows)
