@@ -306,3 +306,29 @@ def test_drift_follows_reloads(tmp_path: Path) -> None:
             assert time.monotonic() < deadline
             time.sleep(0.01)
         assert versions[0]["version"] == "1"
+
+
+def test_sticky_users_keep_their_version_across_a_reload_that_keeps_the_weights(tmp_path: Path, repo: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    sticky = "      sticky: {key: header:x-user-id, salt: exp-1}\n"
+    path.write_text(config_text(repo, {"a": 70, "b": 30}) + sticky)
+    with TestClient(create_app(Settings(config_path=path, watch=False), registry=CollectorRegistry())) as client:
+
+        def assignment() -> dict[str, str]:
+            return {
+                user: client.post("/v2/models/affine/infer", content=BODY, headers={"x-user-id": user}).json()[
+                    "model_version"
+                ]
+                for user in (f"user-{i}" for i in range(300))
+            }
+
+        before = assignment()
+        assert set(before.values()) == {"1", "2"}
+        # Overrides added and a dark version declared: the weights are the same, so is every user's version.
+        path.write_text(
+            config_text(repo, {"a": 70, "b": 30}, {"a": 1, "b": 2, "c": 3})
+            + sticky
+            + '      overrides: [{header: {x-qa: "1"}, to: c}]\n'
+        )
+        assert reload(client) == "applied"
+        assert assignment() == before
