@@ -86,8 +86,10 @@ def test_infer_and_metadata_urls() -> None:
 
 
 def test_generated_body_matches_the_metadata_shape_and_is_seeded() -> None:
-    inputs = [{"name": "input", "datatype": "FP32", "shape": [-1, 16]}, {"name": "k", "datatype": "INT64",
-                                                                          "shape": [-1, 2, -1]}]
+    inputs = [
+        {"name": "input", "datatype": "FP32", "shape": [-1, 16]},
+        {"name": "k", "datatype": "INT64", "shape": [-1, 2, -1]},
+    ]
     body = json.loads(build_body(inputs, batch=4, seed=3))
     first, second = body["inputs"]
     assert first["shape"] == [4, 16] and len(first["data"]) == 64
@@ -233,12 +235,16 @@ def test_report_marks_failed_servers_and_computes_ratios() -> None:
         return LoadResult("python", "closed", "u", 32, None, 1.0, int(rps), 0, rps, lat, 0.5)
 
     tiny = Cell("tiny", 1, 32)
-    report = Report("t", {}, (
-        Row("floor", tiny, result(20000, 2.0)),
-        Row("fastapi", tiny, result(4000, 10.0)),
-        Row("gateway", tiny, result(14000, 3.0)),
-        Row("mlserver", tiny, None, "server failed to start: boom"),
-    ))
+    report = Report(
+        "t",
+        {},
+        (
+            Row("floor", tiny, result(20000, 2.0)),
+            Row("fastapi", tiny, result(4000, 10.0)),
+            Row("gateway", tiny, result(14000, 3.0)),
+            Row("mlserver", tiny, None, "server failed to start: boom"),
+        ),
+    )
     ratios = {(r.gateway, r.baseline): r for r in report.ratios()}
     assert ratios[("gateway", "floor")].rps == pytest.approx(0.7)
     assert ratios[("gateway", "fastapi")].p99 == pytest.approx(0.3)
@@ -253,7 +259,11 @@ def test_report_marks_failed_servers_and_computes_ratios() -> None:
 def test_compare_smoke_mode_measures_every_server(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.compare", "--smoke", "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=240, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "compare-smoke.json").read_text())
@@ -271,8 +281,17 @@ def test_a_server_that_fails_to_start_becomes_failed_rows(tmp_path: Path) -> Non
     from benchmarks.servers import ServerSpec
 
     cells = (Cell("tiny", 1, 1), Cell("tiny", 1, 32))
-    plan = Plan(cells, ("broken",), duration_s=0.1, warmup_s=0.0, engine="python", server_cores=(),
-                loadgen_cores=(), ceiling=False, start_timeout_s=30.0)
+    plan = Plan(
+        cells,
+        ("broken",),
+        duration_s=0.1,
+        warmup_s=0.0,
+        engine="python",
+        server_cores=(),
+        loadgen_cores=(),
+        ceiling=False,
+        start_timeout_s=30.0,
+    )
     broken = ServerSpec("broken", (sys.executable, "-c", "import sys; print('no model here'); sys.exit(3)"))
     rows = run_systems([broken], {("tiny", 1): tmp_path / "unused.json"}, plan, tmp_path)
     assert [(r.system, r.cell, r.result) for r in rows] == [("broken", c, None) for c in cells]
