@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway.backends import Arrays, Backend, Execution
 from gateway.drift.profile import Profile
@@ -78,8 +78,7 @@ class Snapshot:
     max_body_bytes: int = 64 * 1024 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
+class Reply(NamedTuple):  # one per request: a tuple is the cheapest immutable value
     body: bytes
     header_length: int | None
     decision: bytes  # the decision header's value
