@@ -74,7 +74,7 @@ def serve(args: argparse.Namespace) -> int:
     logger.info("  %s/v2/health/ready   %s/metrics", base, base)
     uvicorn.run(
         app, host=args.host, port=args.port, loop="uvloop", http="httptools", log_level=args.log_level,
-        access_log=False, lifespan="on",
+        access_log=False, lifespan="on", server_header=False,
     )  # fmt: skip
     return 0
 

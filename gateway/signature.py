@@ -21,7 +21,12 @@ class TensorSpec:
         return f"{self.datatype}{list(self.shape)}"
 
     def fits(self, shape: tuple[int, ...]) -> bool:
-        return len(shape) == len(self.shape) and all(e in (-1, a) for e, a in zip(self.shape, shape, strict=True))
+        if len(shape) != len(self.shape):
+            return False
+        for expected, actual in zip(self.shape, shape):  # noqa: B905 - lengths are equal: checked above
+            if expected != -1 and expected != actual:
+                return False
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,14 +46,15 @@ class Signature:
 
     def check(self, request: InferenceRequest) -> None:
         """Raise ProtocolError naming the first input (or output) that does not fit this signature."""
-        if len(request.inputs) == len(self.inputs) and request.outputs is None:
+        inputs = request.inputs
+        if len(inputs) == len(self.inputs) and request.outputs is None:
             # The common case, checked without building anything; any doubt falls through to the exact report.
-            for tensor in request.inputs:
+            for tensor in inputs:
                 spec = self._by_name.get(tensor.name)
                 if spec is None or spec.datatype != tensor.datatype or not spec.fits(tensor.array.shape):
                     break
             else:
-                if len({t.name for t in request.inputs}) == len(self.inputs):
+                if len(inputs) == 1 or len({t.name for t in inputs}) == len(inputs):
                     return
         seen: set[str] = set()
         for tensor in request.inputs:
