@@ -49,6 +49,7 @@ def serve(args: argparse.Namespace) -> int:
     from gateway.app import Settings, create_app
     from gateway.backends.onnx import OnnxOptions
     from gateway.errors import GatewayError
+    from gateway.transport import protocol_for
 
     config = None if args.model_repository else (args.config or default_config())
     settings = Settings(
@@ -73,7 +74,8 @@ def serve(args: argparse.Namespace) -> int:
         logger.info("  %s/v2/models/%s/infer", base, name)
     logger.info("  %s/v2/health/ready   %s/metrics", base, base)
     uvicorn.run(
-        app, host=args.host, port=args.port, loop="uvloop", http="httptools", log_level=args.log_level,
+        app, host=args.host, port=args.port, loop="uvloop", http=protocol_for(app.state.dataplane),
+        log_level=args.log_level,
         access_log=False, lifespan="on", server_header=False,
     )  # fmt: skip
     return 0

@@ -128,35 +128,46 @@ _JSON_TYPE = (b"content-type", b"application/json")
 _BINARY_TYPE = (b"content-type", b"application/octet-stream")
 
 
-async def infer(dataplane: DataPlane, scope: Scope, receive: Receive, send: Send, model: str, pin: str | None) -> None:
-    """POST .../infer as a bare ASGI handler: the hot path, so no Starlette request, response or router on it."""
-    status, body, extra = 200, b"", []
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes]  # status, headers (content-length excluded), body
+
+
+async def answer(dataplane: DataPlane, model: str, pin: str | None, headers: Mapping[str, str], body: bytes) -> Answer:
+    """An inference request's whole answer; every failure becomes its status and `{"error": ...}` body here."""
     try:
-        try:
-            body = await _read_body(scope, receive, dataplane.snapshot.max_body_bytes)
-        except GatewayError as exc:
-            dataplane.count_refused(exc)
-            raise
-        reply = await dataplane.infer(model, pin, RawHeaders(scope["headers"]), body)
-        body = reply.body
-        extra = [(DECISION_HEADER, reply.decision)]
-        if reply.header_length is None:
-            extra.append(_JSON_TYPE)
-        else:
-            extra += [_BINARY_TYPE, (b"inference-header-content-length", str(reply.header_length).encode())]
+        reply = await dataplane.infer(model, pin, headers, body)
     except GatewayError as exc:
-        status = status_for(exc)
-        if status >= 500 and not isinstance(exc, NotReadyError | OverloadedError):
-            logger.error("POST %s failed: %s", scope["path"], exc, exc_info=exc)
-        body, extra = encode_error(str(exc)), [_JSON_TYPE]
-        if isinstance(exc, OverloadedError):
-            extra.append((b"retry-after", str(max(1, round(exc.retry_after))).encode()))
+        return refusal(exc, model)
     except Exception as exc:
-        logger.exception("POST %s: unexpected error", scope["path"], exc_info=exc)
-        status, body, extra = 500, encode_error(f"internal error: {type(exc).__name__}"), [_JSON_TYPE]
-    extra.append((b"content-length", str(len(body)).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": extra})
-    await send({"type": "http.response.body", "body": body})
+        logger.exception("POST /v2/models/%s/infer: unexpected error", model, exc_info=exc)
+        return 500, [_JSON_TYPE], encode_error(f"internal error: {type(exc).__name__}")
+    if reply.header_length is None:
+        return 200, [(DECISION_HEADER, reply.decision), _JSON_TYPE], reply.body
+    length = (b"inference-header-content-length", str(reply.header_length).encode())
+    return 200, [(DECISION_HEADER, reply.decision), _BINARY_TYPE, length], reply.body
+
+
+def refusal(exc: GatewayError, model: str) -> Answer:
+    status = status_for(exc)
+    if status >= 500 and not isinstance(exc, NotReadyError | OverloadedError):
+        logger.error("POST /v2/models/%s/infer failed: %s", model, exc, exc_info=exc)
+    headers = [_JSON_TYPE]
+    if isinstance(exc, OverloadedError):
+        headers.append((b"retry-after", str(max(1, round(exc.retry_after))).encode()))
+    return status, headers, encode_error(str(exc))
+
+
+async def infer(dataplane: DataPlane, scope: Scope, receive: Receive, send: Send, model: str, pin: str | None) -> None:
+    """POST .../infer as a bare ASGI handler (the transport's direct path is faster still; see `transport`)."""
+    try:
+        body = await _read_body(scope, receive, dataplane.snapshot.max_body_bytes)
+    except GatewayError as exc:
+        dataplane.count_refused(exc)
+        status, headers, payload = refusal(exc, model)
+    else:
+        status, headers, payload = await answer(dataplane, model, pin, RawHeaders(scope["headers"]), body)
+    headers.append((b"content-length", str(len(payload)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
 
 
 async def method_not_allowed(send: Send, allow: str) -> None:

@@ -1,0 +1,117 @@
+"""uvicorn's httptools protocol with a direct path for inference requests.
+
+For `POST /v2/models/{m}[/versions/{v}]/infer` on an idle connection, the body is collected as httptools parses it
+and the answer written with one `transport.write`, with no ASGI scope, cycle, event, receive/send messages or
+per-header checks; uvicorn's ASGI path costs about a third of a tiny model's request. Everything else (other routes,
+upgrades, a request pipelined behind another) goes through uvicorn and the ASGI app unchanged, and uvicorn still
+owns the connection: keep-alive timers, flow control, graceful shutdown, the tasks it waits for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from gateway.dataplane import DataPlane
+from gateway.endpoints import RawHeaders, answer, infer_target, refusal
+from gateway.errors import PayloadTooLargeError
+
+
+class _Busy:
+    """Stands in for uvicorn's request cycle while a direct request is answered, so that uvicorn queues a request
+    pipelined behind it (and a shutdown or a lost connection is noted) exactly as it would for its own cycle."""
+
+    __slots__ = ("disconnected", "keep_alive", "message_event", "response_complete")
+
+    def __init__(self, keep_alive: bool) -> None:
+        self.response_complete = False
+        self.disconnected = False
+        self.keep_alive = keep_alive
+        self.message_event = asyncio.Event()
+
+
+class InferenceProtocol(HttpToolsProtocol):
+    dataplane: DataPlane  # set on the subclass that `protocol_for` makes
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._target: tuple[str, str | None] | None = None
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._limit = 0
+
+    def on_headers_complete(self) -> None:
+        target = self._direct_target()
+        if target is None:
+            self._target = None
+            super().on_headers_complete()
+            return
+        self._target = target
+        self._chunks, self._size = [], 0
+        self._limit = self.dataplane.snapshot.max_body_bytes
+        if self.expect_100_continue:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _direct_target(self) -> tuple[str, str | None] | None:
+        if self.parser.get_method() != b"POST" or self.parser.should_upgrade():
+            return None
+        if self.cycle is not None and not self.cycle.response_complete:
+            return None  # pipelined behind a request still being answered: uvicorn keeps the order
+        path = self.url.partition(b"?")[0]
+        if b"%" in path:
+            return None  # percent-encoded names: uvicorn decodes them
+        return infer_target(path.decode("latin-1"))
+
+    def on_body(self, body: bytes) -> None:
+        if self._target is None:
+            super().on_body(body)
+            return
+        self._size += len(body)
+        if self._size <= self._limit:
+            self._chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._target is None:
+            super().on_message_complete()
+            return
+        (model, pin), self._target = self._target, None
+        body = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+        busy = _Busy(self.parser.get_http_version() == "1.1" and self.parser.should_keep_alive())
+        self.cycle = busy  # type: ignore[assignment]
+        task = self.loop.create_task(self._respond(busy, model, pin, self.headers, body, self._size))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _respond(self, busy: _Busy, model: str, pin: str | None, headers: list[tuple[bytes, bytes]],
+                       body: bytes, size: int) -> None:  # fmt: skip
+        dataplane = self.dataplane
+        if size > self._limit:
+            exc = PayloadTooLargeError(f"request body of {size} bytes is over the limit of {self._limit} bytes")
+            dataplane.count_refused(exc)
+            status, extra, payload = refusal(exc, model)
+        else:
+            status, extra, payload = await answer(dataplane, model, pin, RawHeaders(headers), body)
+        busy.response_complete = True
+        if busy.disconnected:
+            return
+        out = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            out += [name, b": ", value, b"\r\n"]
+        for name, value in extra:
+            out += [name, b": ", value, b"\r\n"]
+        out += [b"content-length: ", str(len(payload)).encode(), b"\r\n"]
+        if not busy.keep_alive:
+            out.append(b"connection: close\r\n")
+        out += [b"\r\n", payload]
+        self.transport.write(b"".join(out))
+        if busy.keep_alive:
+            self.on_response_complete()  # resumes reading, starts a pipelined request or arms the keep-alive timer
+        else:
+            self.transport.close()
+
+
+def protocol_for(dataplane: DataPlane) -> type[InferenceProtocol]:
+    """The protocol class uvicorn instantiates per connection, bound to this data plane."""
+    return type("BoundInferenceProtocol", (InferenceProtocol,), {"dataplane": dataplane})
