@@ -37,6 +37,10 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--intra-op-threads", type=int, default=1, help="onnxruntime threads per execution (default 1)")
     p.add_argument("--max-concurrency", type=int, default=2, help="executions at once per model version")
     p.add_argument(
+        "--inline-below-us", type=float, default=150.0,
+        help="run a request on the event loop when its model is expected to take less (0: always a thread)",
+    )  # fmt: skip
+    p.add_argument(
         "--graph-optimization", default="all", choices=["disable", "basic", "extended", "all"],
         help="onnxruntime graph optimisation level",
     )  # fmt: skip
@@ -59,6 +63,7 @@ def serve(args: argparse.Namespace) -> int:
             intra_op_threads=args.intra_op_threads,
             max_concurrency=args.max_concurrency,
             graph_optimization=args.graph_optimization,
+            inline_below_us=args.inline_below_us,
         ),
         reload_interval=args.reload_interval,
     )

@@ -97,9 +97,11 @@ class VersionLoader:
     def _batcher(
         self, backend: OnnxBackend, config: BatchingConfig, metrics: VersionMetrics, source: VersionSource
     ) -> DynamicBatcher:
+        compute = metrics.compute.share()  # batches record from worker threads: this child now takes a lock
+
         def run(inputs: Arrays) -> dict[str, Any]:
             outputs, seconds = backend.run_timed(inputs)
-            metrics.compute.observe(seconds)  # per execution: a batch is one
+            compute.observe(seconds)  # per execution: a batch is one
             return outputs
 
         return DynamicBatcher(

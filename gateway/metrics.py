@@ -43,12 +43,11 @@ class Metrics:
         )
         self.latency = HistogramFamily(
             "gateway_request_duration_seconds", "Inference request time, body received to response encoded.",
-            ["model", "version"], LATENCY_BUCKETS, threaded=False,
+            ["model", "version"], LATENCY_BUCKETS,
         )  # fmt: skip
-        # Batches record their compute time from worker threads: this family's children lock (about 0.1 us).
         self.compute = HistogramFamily(
             "gateway_inference_compute_seconds", "Time inside the model runtime per request (per batch when batched).",
-            ["model", "version"], LATENCY_BUCKETS, threaded=True,
+            ["model", "version"], LATENCY_BUCKETS,
         )  # fmt: skip
         self.route_requests = CounterFamily(
             "gateway_route_requests", "Routing decisions by route, served version and reason.",

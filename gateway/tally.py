@@ -26,32 +26,34 @@ class Count:
 
 
 class Spread:
-    """A histogram child: `counts[i]` holds observations <= bounds[i] (and above the bound before); the last is +Inf."""
+    """A histogram child: `counts[i]` holds observations <= bounds[i] (and above the bound before); the last is +Inf.
 
-    __slots__ = ("bounds", "counts", "sum")
+    Lock-free until `share()` is called for a child that worker threads also write (a batch's compute time); the
+    lock is added in place, so the child and its counts survive the change.
+    """
+
+    __slots__ = ("_lock", "bounds", "counts", "sum")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
         self.counts = [0] * (len(bounds) + 1)
         self.sum = 0.0
+        self._lock: threading.Lock | None = None
 
     def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.sum += value
+        lock = self._lock
+        if lock is None:
+            self.counts[bisect_left(self.bounds, value)] += 1
+            self.sum += value
+            return
+        with lock:
+            self.counts[bisect_left(self.bounds, value)] += 1
+            self.sum += value
 
-
-class LockedSpread(Spread):
-    """For a child written from worker threads (a batch's compute time)."""
-
-    __slots__ = ("_lock",)
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        super().__init__(bounds)
-        self._lock = threading.Lock()
-
-    def observe(self, value: float) -> None:
-        with self._lock:
-            Spread.observe(self, value)
+    def share(self) -> Spread:
+        if self._lock is None:
+            self._lock = threading.Lock()
+        return self
 
 
 class CounterFamily:
@@ -76,19 +78,15 @@ class CounterFamily:
 
 
 class HistogramFamily:
-    def __init__(
-        self, name: str, documentation: str, labelnames: Sequence[str], buckets: Iterable[float], *, threaded: bool
-    ) -> None:
-        """`threaded`: children are also written from worker threads, so each takes a lock."""
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], buckets: Iterable[float]) -> None:
         self.name, self.documentation, self.labelnames = name, documentation, tuple(labelnames)
         self.bounds = tuple(float(b) for b in buckets)
-        self._kind = LockedSpread if threaded else Spread
         self._children: dict[tuple[str, ...], Spread] = {}
 
     def labels(self, *values: str) -> Spread:
         child = self._children.get(values)
         if child is None:
-            child = self._children[values] = self._kind(self.bounds)
+            child = self._children[values] = Spread(self.bounds)
         return child
 
     def remove(self, *values: str) -> None:

@@ -10,6 +10,7 @@ owns the connection: keep-alive timers, flow control, graceful shutdown, the tas
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine, Generator
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
@@ -80,7 +81,17 @@ class InferenceProtocol(HttpToolsProtocol):
         body = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
         busy = _Busy(self.parser.get_http_version() == "1.1" and self.parser.should_keep_alive())
         self.cycle = busy  # type: ignore[assignment]
-        task = self.loop.create_task(self._respond(busy, model, pin, self.headers, body, self._size))
+        self._start(self._respond(busy, model, pin, self.headers, body, self._size))
+
+    def _start(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run the answer at once, on this callback: a model that runs inline answers without ever becoming a task
+        (a task costs a scheduling round trip of the loop). Only if it waits (a thread, a batch) does a task take
+        over, and uvicorn then waits for that task at shutdown as for its own."""
+        try:
+            pending = coro.send(None)
+        except StopIteration:
+            return
+        task = self.loop.create_task(_Continue(coro, pending).run())
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
@@ -110,6 +121,34 @@ class InferenceProtocol(HttpToolsProtocol):
             self.on_response_complete()  # resumes reading, starts a pipelined request or arms the keep-alive timer
         else:
             self.transport.close()
+
+
+class _Continue:
+    """Drives a coroutine that was started outside any task and suspended on `pending` (an asyncio future): the
+    task running `run()` waits on that future, then on whatever the coroutine waits on next, to its end."""
+
+    def __init__(self, coro: Coroutine[Any, Any, None], pending: Any) -> None:
+        self._coro = coro
+        self._pending = pending
+
+    async def run(self) -> None:
+        await self
+
+    def __await__(self) -> Generator[Any, None, None]:
+        pending = self._pending
+        while True:
+            try:
+                yield pending
+            except BaseException as exc:  # cancellation thrown in by the task: pass it to the coroutine
+                try:
+                    pending = self._coro.throw(exc)
+                except StopIteration:
+                    return
+                continue
+            try:
+                pending = self._coro.send(None)
+            except StopIteration:
+                return
 
 
 def protocol_for(dataplane: DataPlane) -> type[InferenceProtocol]:

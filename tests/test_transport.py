@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import models
 import orjson
@@ -107,3 +108,28 @@ def test_body_over_the_limit_is_413_and_the_connection_goes_on(served: Server) -
         (first, _, body), (second, _, _) = read_responses(sock, 2)
         assert first.endswith(b"413 Request Entity Too Large") and b"over the limit of 4096" in body
         assert second.endswith(b"200 OK")
+
+
+@pytest.mark.parametrize("batching", [False, True])
+def test_answers_that_wait_on_a_thread_or_a_batch_keep_their_order(tmp_path: Path, batching: bool) -> None:
+    models.affine_repository(tmp_path / "repo", {1: 2.0})
+    config = tmp_path / "gateway.yaml"
+    extra = "    batching: {max_batch_size: 4, max_queue_delay_us: 200}\n" if batching else ""
+    config.write_text(f"model_repository: {tmp_path / 'repo'}\nroutes:\n  affine:\n    versions: {{a: 1}}\n{extra}")
+    args = ["--config", str(config), "--inline-below-us", "0"]
+    with gateway(args, tmp_path / "log") as server, connect(server) as sock:
+        rows = [[float(i)] * 4 for i in range(20)]
+        bodies = [
+            orjson.dumps({"id": str(i), "inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [r]}]})
+            for i, r in enumerate(rows)
+        ]
+        sock.sendall(b"".join(infer_request(b) for b in bodies))  # pipelined: answers must come back in order
+        answers = read_responses(sock, len(bodies))
+        for i, (status, _, body) in enumerate(answers):
+            out = orjson.loads(body)
+            assert status.endswith(b"200 OK") and out["id"] == str(i)
+            assert out["outputs"][0]["data"] == [i * 2.0 + 1] * 4
+        for i in range(20):  # and one at a time on the same connection
+            sock.sendall(infer_request(bodies[i]))
+            [(status, _, body)] = read_responses(sock, 1)
+            assert orjson.loads(body)["id"] == str(i)
