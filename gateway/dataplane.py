@@ -24,7 +24,7 @@ from gateway.metrics import Metrics, VersionMetrics
 from gateway.predlog import PredictionLog
 from gateway.protocol import decode_request, encode_response, parse_header_length, requested_outputs
 from gateway.repository import VersionSource
-from gateway.routing import Route, RoutingTable, Target
+from gateway.routing import RoutingTable, Target
 from gateway.tally import Count
 
 PLATFORM = "onnxruntime_onnx"  # what Triton reports for ONNX models; clients show it, none validate it
@@ -123,18 +123,10 @@ class DataPlane:
     def swap(self, snapshot: Snapshot) -> None:
         self._snapshot = snapshot  # one assignment on the event loop: requests see the old table or the new one
 
-    def route(self, name: str) -> Route:
-        route = self._snapshot.table.routes.get(name)
-        if route is None:
-            raise UnknownModelError(f"unknown model '{name}'")
-        return route
-
     def resolve(self, name: str, pin: str | None) -> tuple[Target, Served]:
         """The version a metadata or ready call means: the pinned one, else the route's baseline."""
         snapshot = self._snapshot
-        route = snapshot.table.routes.get(name)
-        if route is None:
-            raise UnknownModelError(f"unknown model '{name}'")
+        route = snapshot.table.route(name)
         target = route.target(pin) if pin is not None else route.baseline
         served = snapshot.versions.get((target.model, target.version))
         if served is None:
@@ -197,7 +189,7 @@ class DataPlane:
         self._metrics.unknown.outcomes[outcome_of(exc)].inc()
 
     def model_metadata(self, name: str, pin: str | None) -> dict[str, Any]:
-        route = self.route(name)
+        route = self._snapshot.table.route(name)
         target, served = self.resolve(name, pin)
         signature = served.backend.signature
         body: dict[str, Any] = {

@@ -60,11 +60,8 @@ def error_response(status: int, message: str, headers: Mapping[str, str] | None 
 
 async def gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
-    status = status_for(exc)
-    if status >= 500 and not isinstance(exc, NotReadyError | OverloadedError):
-        logger.error("%s %s failed: %s", request.method, request.url.path, exc, exc_info=exc)
-    headers = {"retry-after": f"{max(1, round(exc.retry_after))}"} if isinstance(exc, OverloadedError) else None
-    return error_response(status, str(exc), headers)
+    status, headers, body = refusal(exc, f"{request.method} {request.url.path}")
+    return Response(body, status_code=status, headers={k.decode(): v.decode() for k, v in headers})
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
@@ -136,7 +133,7 @@ async def answer(dataplane: DataPlane, model: str, pin: str | None, headers: Map
     try:
         reply = await dataplane.infer(model, pin, headers, body)
     except GatewayError as exc:
-        return refusal(exc, model)
+        return refusal(exc, f"POST /v2/models/{model}/infer")
     except Exception as exc:
         logger.exception("POST /v2/models/%s/infer: unexpected error", model, exc_info=exc)
         return 500, [_JSON_TYPE], encode_error(f"internal error: {type(exc).__name__}")
@@ -146,10 +143,11 @@ async def answer(dataplane: DataPlane, model: str, pin: str | None, headers: Map
     return 200, [(DECISION_HEADER, reply.decision), _BINARY_TYPE, length], reply.body
 
 
-def refusal(exc: GatewayError, model: str) -> Answer:
+def refusal(exc: GatewayError, what: str) -> Answer:
+    """The answer to a request refused with `exc`; `what` names the request in the log when it is a server fault."""
     status = status_for(exc)
     if status >= 500 and not isinstance(exc, NotReadyError | OverloadedError):
-        logger.error("POST /v2/models/%s/infer failed: %s", model, exc, exc_info=exc)
+        logger.error("%s failed: %s", what, exc, exc_info=exc)
     headers = [_JSON_TYPE]
     if isinstance(exc, OverloadedError):
         headers.append((b"retry-after", str(max(1, round(exc.retry_after))).encode()))
@@ -162,7 +160,7 @@ async def infer(dataplane: DataPlane, scope: Scope, receive: Receive, send: Send
         body = await _read_body(scope, receive, dataplane.snapshot.max_body_bytes)
     except GatewayError as exc:
         dataplane.count_refused(exc)
-        status, headers, payload = refusal(exc, model)
+        status, headers, payload = refusal(exc, f"POST /v2/models/{model}/infer")
     else:
         status, headers, payload = await answer(dataplane, model, pin, RawHeaders(scope["headers"]), body)
     headers.append((b"content-length", str(len(payload)).encode()))

@@ -46,14 +46,6 @@ class InferenceRequest(NamedTuple):
     def input_map(self) -> dict[str, npt.NDArray[Any]]:
         return {t.name: t.array for t in self.inputs}
 
-    @property
-    def rows(self) -> int:
-        """Batch rows: the first dimension of the first input (1 for scalars)."""
-        if not self.inputs:
-            return 0
-        shape = self.inputs[0].array.shape
-        return int(shape[0]) if shape else 1
-
 
 class InferenceResponse(NamedTuple):
     model_name: str

@@ -175,7 +175,3 @@ def repository_config(
     if not routes and not exclude:
         raise ModelLoadError(f"model repository {root} has no model with a numeric version folder holding {MODEL_FILE}")
     return GatewayConfig(source=source, model_repository=root, routes=routes)
-
-
-def describe(source: VersionSource) -> str:
-    return f"{source.model}/{source.version} ({source.model_file})"

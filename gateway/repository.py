@@ -31,10 +31,6 @@ class VersionSource:
     def model_file(self) -> Path:
         return self.folder / MODEL_FILE
 
-    @property
-    def key(self) -> tuple[str, int]:
-        return (self.model, self.version)
-
 
 def parse_version(name: str) -> int | None:
     """Triton's rule: a version folder is all digits with no leading zero; anything else is ignored."""

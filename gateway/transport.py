@@ -101,7 +101,7 @@ class InferenceProtocol(HttpToolsProtocol):
         if size > self._limit:
             exc = PayloadTooLargeError(f"request body of {size} bytes is over the limit of {self._limit} bytes")
             dataplane.count_refused(exc)
-            status, extra, payload = refusal(exc, model)
+            status, extra, payload = refusal(exc, f"POST /v2/models/{model}/infer")
         else:
             status, extra, payload = await answer(dataplane, model, pin, RawHeaders(headers), body)
         busy.response_complete = True
