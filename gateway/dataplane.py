@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from time import perf_counter
 from typing import Any, NamedTuple
 
 from gateway.backends import Arrays, Backend, Execution
@@ -19,6 +19,7 @@ from gateway.errors import (
     UnknownModelError,
     UnsupportedError,
 )
+from gateway.fastlane import FastLane
 from gateway.inference import InferenceResponse, Tensor
 from gateway.metrics import Metrics, VersionMetrics
 from gateway.predlog import PredictionLog
@@ -27,6 +28,7 @@ from gateway.repository import VersionSource
 from gateway.routing import RoutingTable, Target
 from gateway.tally import Count
 
+HEADER_LENGTH = "inference-header-content-length"  # Triton's binary extension: the JSON head's length
 PLATFORM = "onnxruntime_onnx"  # what Triton reports for ONNX models; clients show it, none validate it
 
 Runner = Callable[[Arrays], Any]  # an awaitable producing an Execution: a backend's infer or a batcher's submit
@@ -44,14 +46,20 @@ class Served:
     profile: Profile | None = None  # the drift reference, when the version ships one
     label: str = field(init=False)
     output_names: tuple[str, ...] = field(init=False)
+    all_json: tuple[tuple[str, ...], tuple[bool, ...]] = field(init=False)  # every output, none binary
     datatypes: Mapping[str, str] = field(init=False)
+    lane: FastLane = field(init=False)
 
     def __post_init__(self) -> None:
         # Derived once at load: the request path only reads these.
-        outputs = self.backend.signature.outputs
-        object.__setattr__(self, "label", str(self.source.version))
-        object.__setattr__(self, "output_names", tuple(s.name for s in outputs))
-        object.__setattr__(self, "datatypes", {s.name: s.datatype for s in outputs})
+        signature = self.backend.signature
+        names = tuple(s.name for s in signature.outputs)
+        label = str(self.source.version)
+        object.__setattr__(self, "label", label)
+        object.__setattr__(self, "output_names", names)
+        object.__setattr__(self, "all_json", (names, (False,) * len(names)))
+        object.__setattr__(self, "datatypes", {s.name: s.datatype for s in signature.outputs})
+        object.__setattr__(self, "lane", FastLane(signature, label))
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +123,7 @@ class DataPlane:
         self._sampler = sampler
         self._predlog = predlog
         self._inflight = metrics.inflight
+        self._unknown = metrics.unknown
 
     @property
     def snapshot(self) -> Snapshot:
@@ -134,10 +143,11 @@ class DataPlane:
         return target, served
 
     async def infer(self, name: str, pin: str | None, headers: Mapping[str, str], body: bytes) -> Reply:
-        start = time.perf_counter()
+        start = perf_counter()
         snapshot = self._snapshot  # one read: the whole request sees one table
-        metrics = self._metrics.unknown
-        self._inflight.value += 1
+        metrics = self._unknown
+        inflight = self._inflight
+        inflight.value += 1
         try:
             route = snapshot.table.routes.get(name)
             if route is None:
@@ -150,38 +160,50 @@ class DataPlane:
             metrics = served.metrics
             record = snapshot.decisions[(name, target.name, decision.reason)]
             record.counter.inc()
-            header_length = parse_header_length(headers.get("inference-header-content-length"), len(body))
-            request = decode_request(body, header_length)
-            served.backend.signature.check(request)
-            inputs = request.input_map()
+            predlog = self._predlog
+            header = headers.get(HEADER_LENGTH)
+            # The common JSON shape goes the fast lane; anything else (or a prediction log, which wants the
+            # request's tensors) the general codec, which also names whatever is wrong with a request.
+            fast = served.lane.decode(body) if header is None and predlog is None else None
+            if fast is not None:
+                inputs, request_id = fast
+                request = None
+            else:
+                request = decode_request(body, parse_header_length(header, len(body)))
+                served.backend.signature.check(request)
+                inputs, request_id = request.input_map(), request.id
             execution: Execution = await served.infer(inputs)
             if execution.compute_seconds is not None:
                 metrics.compute.observe(execution.compute_seconds)
-            names, binary = requested_outputs(request, served.output_names)
             produced = execution.outputs
-            outputs = tuple(Tensor(n, served.datatypes[n], produced[n]) for n in names)
-            response = InferenceResponse(name, served.label, outputs, request.id, binary)
-            encoded, head_length = encode_response(response)
-            elapsed = time.perf_counter() - start
-            # Side channels: each returns at once and never raises; what they cannot keep they count as dropped.
+            encoded = served.lane.encode(produced, name, request_id) if request is None else None
+            head_length = None
+            if encoded is None:
+                names, binary = (
+                    requested_outputs(request, served.output_names) if request is not None else served.all_json
+                )
+                outputs = tuple(Tensor(n, served.datatypes[n], produced[n]) for n in names)
+                response = InferenceResponse(name, served.label, outputs, request_id, binary)
+                encoded, head_length = encode_response(response)
+                if predlog is not None and request is not None:
+                    predlog.offer(
+                        request_id=request_id, model=name, version=served.label, reason=decision.reason,
+                        inputs=request.inputs, outputs=outputs, latency_ms=(perf_counter() - start) * 1e3,
+                    )  # fmt: skip
+            # A side channel: returns at once and never raises; what it cannot keep it counts as dropped.
             self._sampler.offer(served.drift_key, inputs, produced)
-            if self._predlog is not None:
-                self._predlog.offer(
-                    request_id=request.id, model=name, version=served.label, reason=decision.reason,
-                    inputs=request.inputs, outputs=outputs, latency_ms=elapsed * 1e3,
-                )  # fmt: skip
         except GatewayError as exc:
             metrics.outcomes[outcome_of(exc)].inc()
-            metrics.latency.observe(time.perf_counter() - start)
+            metrics.latency.observe(perf_counter() - start)
             raise
         except Exception:  # a bug or a runtime surprise: still counted, then the edge answers 500
             metrics.outcomes["error"].inc()
-            metrics.latency.observe(time.perf_counter() - start)
+            metrics.latency.observe(perf_counter() - start)
             raise
         finally:
-            self._inflight.value -= 1
-        metrics.outcomes["success"].inc()
-        metrics.latency.observe(elapsed)
+            inflight.value -= 1
+        metrics.success.inc()
+        metrics.latency.observe(perf_counter() - start)
         return Reply(encoded, head_length, record.header)
 
     def count_refused(self, exc: GatewayError) -> None:

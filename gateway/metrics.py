@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -28,6 +28,10 @@ class VersionMetrics:
     outcomes: dict[str, Count]
     latency: Spread
     compute: Spread
+    success: Count = field(init=False)  # outcomes["success"], the one every served request counts into
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "success", self.outcomes["success"])
 
 
 class Metrics:

@@ -38,7 +38,7 @@ DATATYPE_OF: Mapping[np.dtype[Any], str] = {v: k for k, v in DTYPES.items()}
 
 # Request parameters of Triton extensions we do not implement; silently ignoring them would return wrong data.
 _UNSUPPORTED_PARAMETERS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
-_MAX_ELEMENTS = 1 << 31  # a shape asking for more is absurd for a JSON/HTTP request; refuse before allocating
+MAX_ELEMENTS = 1 << 31  # a shape asking for more is absurd for a JSON/HTTP request; refuse before allocating
 _MAX_RANK = 32  # numpy stops at 64 dimensions; no served model comes near either
 _LENGTH = struct.Struct("<I")
 _EMPTY = memoryview(b"")
@@ -158,8 +158,8 @@ def _decode_input(item: object, index: int, raw: memoryview, offset: int) -> tup
     dtype = DTYPES[datatype]
     shape = _shape(item.get("shape"), where)
     count = math.prod(shape)
-    if count > _MAX_ELEMENTS:
-        raise ProtocolError(f"{where}: shape {list(shape)} has {count} elements, over the limit of {_MAX_ELEMENTS}")
+    if count > MAX_ELEMENTS:
+        raise ProtocolError(f"{where}: shape {list(shape)} has {count} elements, over the limit of {MAX_ELEMENTS}")
     parameters = _parameters(item.get("parameters"), f"{where}.parameters")
     size = parameters.get("binary_data_size")
     if size is not None:
@@ -185,8 +185,8 @@ def _shape(value: object, where: str) -> tuple[int, ...]:
     if len(value) > _MAX_RANK:
         raise ProtocolError(f"{where}: shape has {len(value)} dimensions, over the limit of {_MAX_RANK}")
     for d in value:
-        if isinstance(d, bool) or not isinstance(d, int) or d < 0 or d > _MAX_ELEMENTS:
-            raise ProtocolError(f"{where}: shape {value} must be a list of integers from 0 to {_MAX_ELEMENTS}")
+        if isinstance(d, bool) or not isinstance(d, int) or d < 0 or d > MAX_ELEMENTS:
+            raise ProtocolError(f"{where}: shape {value} must be a list of integers from 0 to {MAX_ELEMENTS}")
     return tuple(value)
 
 
@@ -283,9 +283,11 @@ def _from_json(
 
 
 def strict_float_casts() -> None:
-    """Make numpy's float-overflow warning an error in this module, so JSON decoding can refuse a value that the
-    input's float type cannot hold without checking every array on the hot path. Called by the composition root."""
-    warnings.filterwarnings("error", message="overflow encountered in cast", category=RuntimeWarning, module=__name__)
+    """Make numpy's float-overflow warning an error in the modules that read JSON numbers into float arrays (this
+    one and `fastlane`), so they can refuse a value that the input's float type cannot hold without checking every
+    array on the hot path. Called by the composition root."""
+    for module in (__name__, "gateway.fastlane"):
+        warnings.filterwarnings("error", message="overflow encountered in cast", category=RuntimeWarning, module=module)
 
 
 def _exact_integers(data: list[Any], dtype: np.dtype[Any], where: str) -> npt.NDArray[Any]:

@@ -1,0 +1,118 @@
+"""The common inference request and response, decoded and encoded for one model version with nothing in between.
+
+Most traffic has one shape: a JSON body with an `inputs` list (and perhaps an `id`), each input exactly
+`name`/`shape`/`datatype`/`data`, asking for every output as JSON. For that shape the general codec
+(`protocol.decode_request`, `Signature.check`, `protocol.encode_response`) builds a request value, tensors, a
+response value and dicts that the request never needs: about a third of a tiny model's time in the server. A lane is
+made once per loaded version and goes straight from bytes to the arrays the model takes, and from the arrays it
+gives to bytes.
+
+It accepts only what the general path would accept and produce the same answer for; anything else (an unknown key, a
+parameter, binary data, a misfit, a value numpy refuses) makes `decode` return None, and the caller takes the
+general path, which either serves the request or names exactly what is wrong with it. A lane never raises for a
+request it does not take, so every error message still comes from one place.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from gateway.protocol import DTYPES, MAX_ELEMENTS
+from gateway.signature import Signature
+
+# Request keys the lane knows; `outputs`, `parameters` and anything else go the general way.
+_HEAD_KEYS = frozenset({"inputs", "id"})
+_INPUT_KEYS = frozenset({"name", "shape", "datatype", "data"})
+# Datatypes whose JSON data the general path reads with one `np.array(data, dtype)` call (see `protocol._from_json`),
+# and whose outputs orjson writes natively; integers, BOOL and BYTES have extra checks or conversions there.
+_FLOAT_TYPES = frozenset({"FP32", "FP64"})
+_NATIVE_OUTPUTS = frozenset({"FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64",
+                             "BOOL"})  # fmt: skip
+_NUMPY = orjson.OPT_SERIALIZE_NUMPY
+_SKIP = (ValueError, TypeError, RuntimeWarning)  # numpy refusing data: the general path reports it
+
+
+class _Input:
+    __slots__ = ("datatype", "dtype", "shape")
+
+    def __init__(self, datatype: str, shape: tuple[int, ...]) -> None:
+        self.datatype = datatype
+        self.dtype = DTYPES[datatype]
+        self.shape = shape  # -1 where any size fits
+
+
+class FastLane:
+    """Decode and encode the common request shape for one version; see the module docstring for what it takes."""
+
+    __slots__ = ("_encodable", "_inputs", "_outputs", "_version")
+
+    def __init__(self, signature: Signature, version: str) -> None:
+        self._inputs: Mapping[str, _Input] = {
+            s.name: _Input(s.datatype, s.shape) for s in signature.inputs if s.datatype in _FLOAT_TYPES
+        }
+        if len(self._inputs) != len(signature.inputs):
+            self._inputs = {}  # some input is not a float tensor: every request of this version goes the general way
+        self._outputs = tuple((s.name, s.datatype) for s in signature.outputs)
+        self._encodable = all(s.datatype in _NATIVE_OUTPUTS for s in signature.outputs)
+        self._version = version
+
+    def decode(self, body: bytes) -> tuple[dict[str, npt.NDArray[Any]], str | None] | None:
+        """The model's input arrays and the request id, or None when the general path must take this request."""
+        specs = self._inputs
+        if not specs:
+            return None
+        try:
+            head = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return None
+        if type(head) is not dict or not head.keys() <= _HEAD_KEYS:
+            return None
+        request_id = head.get("id")
+        if request_id is not None and type(request_id) is not str:
+            return None
+        items = head.get("inputs")
+        if type(items) is not list or len(items) != len(specs):
+            return None
+        arrays: dict[str, npt.NDArray[Any]] = {}
+        for item in items:
+            if type(item) is not dict or item.keys() != _INPUT_KEYS:
+                return None
+            name = item["name"]
+            spec = specs.get(name) if type(name) is str else None
+            if spec is None or name in arrays or item["datatype"] != spec.datatype:
+                return None
+            shape = item["shape"]
+            if type(shape) is not list or len(shape) != len(spec.shape):
+                return None
+            for size, expected in zip(shape, spec.shape):  # noqa: B905 - lengths are equal: checked above
+                if type(size) is not int or size < 0 or size > MAX_ELEMENTS or (expected != -1 and size != expected):
+                    return None
+            data = item["data"]
+            try:
+                array = np.array(data if type(data) is list else [data], dtype=spec.dtype)
+            except _SKIP:
+                return None
+            if array.size != math.prod(shape):
+                return None
+            arrays[name] = array.reshape(shape)
+        return arrays, request_id
+
+    def encode(self, outputs: Mapping[str, npt.NDArray[Any]], model_name: str, request_id: str | None) -> bytes | None:
+        """The JSON response with every output, or None when an output needs the general encoder's conversions."""
+        if not self._encodable:
+            return None
+        head: dict[str, Any] = {"model_name": model_name, "model_version": self._version}
+        if request_id is not None:
+            head["id"] = request_id
+        # ravel() is C-contiguous (a copy only when the array is not), which is what orjson writes natively.
+        head["outputs"] = [
+            {"name": name, "datatype": datatype, "shape": outputs[name].shape, "data": outputs[name].ravel()}
+            for name, datatype in self._outputs
+        ]
+        return orjson.dumps(head, option=_NUMPY)
