@@ -133,7 +133,7 @@ inputs = st.fixed_dictionaries(
     },
     optional={"parameters": st.just({})},
 )
-heads = st.fixed_dictionaries(
+heads: st.SearchStrategy[dict[str, Any]] = st.fixed_dictionaries(
     {"inputs": st.one_of(st.lists(inputs, max_size=3), numbers)},
     optional={"id": st.one_of(st.text(max_size=4), st.integers()), "outputs": st.just([])},
 )
@@ -156,7 +156,7 @@ def test_encodes_the_same_bytes_as_the_general_encoder(request_id: str | None, r
     p = rng.normal(size=(rows, 2)).astype(np.float32)
     if rows:
         p[0, 0] = np.nan
-    outputs = {"p": p, "label": np.arange(rows, dtype=np.int64)}
+    outputs: dict[str, np.ndarray[Any, Any]] = {"p": p, "label": np.arange(rows, dtype=np.int64)}
     fast = LANE.encode(outputs, "route", request_id)
     tensors = (Tensor("p", "FP32", outputs["p"]), Tensor("label", "INT64", outputs["label"]))
     slow, head_length = encode_response(InferenceResponse("route", "7", tensors, request_id, (False, False)))
