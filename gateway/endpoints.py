@@ -14,7 +14,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from gateway import __version__
-from gateway.dataplane import DataPlane
+from gateway.dataplane import DataPlane, Reply
 from gateway.errors import (
     BackendError,
     GatewayError,
@@ -132,15 +132,24 @@ async def answer(dataplane: DataPlane, model: str, pin: str | None, headers: Map
     """An inference request's whole answer; every failure becomes its status and `{"error": ...}` body here."""
     try:
         reply = await dataplane.infer(model, pin, headers, body)
-    except GatewayError as exc:
-        return refusal(exc, f"POST /v2/models/{model}/infer")
     except Exception as exc:
-        logger.exception("POST /v2/models/%s/infer: unexpected error", model, exc_info=exc)
-        return 500, [_JSON_TYPE], encode_error(f"internal error: {type(exc).__name__}")
+        return failure(exc, model)
+    return success(reply)
+
+
+def success(reply: Reply) -> Answer:
     if reply.header_length is None:
         return 200, [(DECISION_HEADER, reply.decision), _JSON_TYPE], reply.body
     length = (b"inference-header-content-length", str(reply.header_length).encode())
     return 200, [(DECISION_HEADER, reply.decision), _BINARY_TYPE, length], reply.body
+
+
+def failure(exc: Exception, model: str) -> Answer:
+    """The answer to an inference request that raised `exc`: a refusal, or a logged 500 for anything unexpected."""
+    if isinstance(exc, GatewayError):
+        return refusal(exc, f"POST /v2/models/{model}/infer")
+    logger.exception("POST /v2/models/%s/infer: unexpected error", model, exc_info=exc)
+    return 500, [_JSON_TYPE], encode_error(f"internal error: {type(exc).__name__}")
 
 
 def refusal(exc: GatewayError, what: str) -> Answer:

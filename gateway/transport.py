@@ -9,32 +9,65 @@ owns the connection: keep-alive timers, flow control, graceful shutdown, the tas
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Coroutine, Generator
+from collections.abc import Coroutine, Generator, Sequence
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from gateway.dataplane import DataPlane
-from gateway.endpoints import RawHeaders, answer, infer_target, refusal
+from gateway.endpoints import DECISION_HEADER, RawHeaders, failure, infer_target, refusal, success
 from gateway.errors import PayloadTooLargeError
+
+_JSON_LENGTH = b"\r\ncontent-type: application/json\r\ncontent-length: "
+
+
+class _NoWaiter:
+    """uvicorn sets its cycle's message event when the connection is lost; nothing waits on a direct request's."""
+
+    __slots__ = ()
+
+    def set(self) -> None:
+        pass
+
+
+_NO_WAITER = _NoWaiter()
 
 
 class _Busy:
     """Stands in for uvicorn's request cycle while a direct request is answered, so that uvicorn queues a request
     pipelined behind it (and a shutdown or a lost connection is noted) exactly as it would for its own cycle."""
 
-    __slots__ = ("disconnected", "keep_alive", "message_event", "response_complete")
+    __slots__ = ("disconnected", "keep_alive", "response_complete")
+    message_event = _NO_WAITER
 
     def __init__(self, keep_alive: bool) -> None:
         self.response_complete = False
         self.disconnected = False
         self.keep_alive = keep_alive
-        self.message_event = asyncio.Event()
+
+
+class _Head:
+    """The status line and uvicorn's default headers (date, server) of a 200 answer, as bytes: rebuilt only when
+    uvicorn replaces its header list (once a second, for the date), not for every answer."""
+
+    __slots__ = ("_bytes", "_source")
+
+    def __init__(self) -> None:
+        self._source: object = None
+        self._bytes = b""
+
+    def of(self, default_headers: list[tuple[bytes, bytes]]) -> bytes:
+        if default_headers is not self._source:
+            lines = [STATUS_LINE[200]]
+            for name, value in default_headers:
+                lines += [name, b": ", value, b"\r\n"]
+            self._bytes, self._source = b"".join(lines), default_headers
+        return self._bytes
 
 
 class InferenceProtocol(HttpToolsProtocol):
     dataplane: DataPlane  # set on the subclass that `protocol_for` makes
+    head: _Head  # shared by the connections of one server, as uvicorn's default headers are
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -43,10 +76,20 @@ class InferenceProtocol(HttpToolsProtocol):
         self._size = 0
         self._limit = 0
 
+    def on_message_begin(self) -> None:
+        # uvicorn's own also builds the ASGI scope; that is left to the requests that go its way (below).
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
+
     def on_headers_complete(self) -> None:
         target = self._direct_target()
         if target is None:
             self._target = None
+            url, headers, expect = self.url, self.headers, self.expect_100_continue
+            super().on_message_begin()
+            self.url, self.headers, self.expect_100_continue = url, headers, expect
+            self.scope["headers"] = headers
             super().on_headers_complete()
             return
         self._target = target
@@ -101,22 +144,41 @@ class InferenceProtocol(HttpToolsProtocol):
         if size > self._limit:
             exc = PayloadTooLargeError(f"request body of {size} bytes is over the limit of {self._limit} bytes")
             dataplane.count_refused(exc)
-            status, extra, payload = refusal(exc, f"POST /v2/models/{model}/infer")
+            answer = refusal(exc, f"POST /v2/models/{model}/infer")
         else:
-            status, extra, payload = await answer(dataplane, model, pin, RawHeaders(headers), body)
+            try:
+                reply = await dataplane.infer(model, pin, RawHeaders(headers), body)
+            except Exception as exc:
+                answer = failure(exc, model)
+            else:
+                if reply.header_length is None:  # the common answer, written without a header list
+                    busy.response_complete = True
+                    if busy.disconnected:
+                        return
+                    payload = reply.body
+                    head = self.head.of(self.server_state.default_headers)
+                    length = str(len(payload)).encode()
+                    self._send(
+                        busy, (head, DECISION_HEADER, b": ", reply.decision, _JSON_LENGTH, length, b"\r\n"), payload
+                    )
+                    return
+                answer = success(reply)
         busy.response_complete = True
         if busy.disconnected:
             return
+        status, extra, payload = answer
         out = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
             out += [name, b": ", value, b"\r\n"]
         for name, value in extra:
             out += [name, b": ", value, b"\r\n"]
         out += [b"content-length: ", str(len(payload)).encode(), b"\r\n"]
-        if not busy.keep_alive:
-            out.append(b"connection: close\r\n")
-        out += [b"\r\n", payload]
-        self.transport.write(b"".join(out))
+        self._send(busy, out, payload)
+
+    def _send(self, busy: _Busy, head: Sequence[bytes], payload: bytes) -> None:
+        """Write the head (its lines so far), the blank line and the payload in one write, then finish the cycle."""
+        close = b"" if busy.keep_alive else b"connection: close\r\n"
+        self.transport.write(b"".join((*head, close, b"\r\n", payload)))
         if busy.keep_alive:
             self.on_response_complete()  # resumes reading, starts a pipelined request or arms the keep-alive timer
         else:
@@ -153,4 +215,4 @@ class _Continue:
 
 def protocol_for(dataplane: DataPlane) -> type[InferenceProtocol]:
     """The protocol class uvicorn instantiates per connection, bound to this data plane."""
-    return type("BoundInferenceProtocol", (InferenceProtocol,), {"dataplane": dataplane})
+    return type("BoundInferenceProtocol", (InferenceProtocol,), {"dataplane": dataplane, "head": _Head()})

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
+from time import perf_counter
 from typing import Any, Literal
 
 import numpy as np
@@ -151,19 +151,22 @@ class OnnxBackend:
         return elements <= self._inline_elements and self._fixed_cost + self._element_cost * elements < self._budget
 
     def run(self, inputs: Arrays) -> Execution:
-        """Run synchronously (the caller picks the thread); runtime errors become gateway errors."""
-        return Execution(*self.run_timed(inputs))
-
-    def run_timed(self, inputs: Arrays) -> tuple[dict[str, npt.NDArray[Any]], float]:
-        """The outputs and the seconds onnxruntime took."""
-        start = time.perf_counter()
+        """Run synchronously (the caller picks the thread), timing onnxruntime; its errors become gateway errors."""
+        start = perf_counter()
         try:
             values = self._run(self._output_names, inputs, None)
         except InvalidArgument as exc:
             raise ProtocolError(f"the model rejected the input: {_first_line(exc)}") from exc
         except Exception as exc:
             raise BackendError(f"onnxruntime failed: {_first_line(exc)}") from exc
-        return dict(zip(self._output_names, values, strict=True)), time.perf_counter() - start
+        seconds = perf_counter() - start
+        return Execution(dict(zip(self._output_names, values, strict=True)), seconds)
+
+    def run_timed(self, inputs: Arrays) -> tuple[dict[str, npt.NDArray[Any]], float]:
+        """The outputs and the seconds onnxruntime took."""
+        outputs, seconds = self.run(inputs)
+        assert seconds is not None
+        return outputs, seconds
 
     async def infer(self, inputs: Arrays) -> Execution:
         if self.runs_inline(inputs):

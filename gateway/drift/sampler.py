@@ -12,8 +12,8 @@ import math
 import random
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -21,20 +21,11 @@ import numpy.typing as npt
 Arrays = dict[str, npt.NDArray[Any]]
 
 
-@dataclass(frozen=True, slots=True)
-class DriftKey:
-    """One monitored model version. Build it once per version and pass that object on every request: its hash is
-    cached and a dict lookup with the same object skips the equality check."""
+class DriftKey(NamedTuple):
+    """One monitored model version. A tuple, so the request path's dict lookup hashes it in C, without a call."""
 
     model: str
     version: str
-    _hash: int = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_hash", hash((self.model, self.version)))
-
-    def __hash__(self) -> int:
-        return self._hash
 
 
 # (key, input rows, output rows, number of rows): a plain tuple, the cheapest thing to build on the request path.
