@@ -4,7 +4,7 @@ One invocation generates the models, starts each server in turn pinned to one co
 x connections) from a load generator pinned to another core, and writes JSON and a Markdown table of req/s, p50, p99
 and gateway/other ratios to `benchmarks/results/`.
 
-    python -m benchmarks.compare                      # full run, ~10 s per cell
+    python -m benchmarks.compare                      # full run: 3 interleaved rounds of 5 s per cell
     python -m benchmarks.compare --smoke              # a few seconds per cell, tiny model, floor + fastapi + gateway
     python -m benchmarks.compare --with-mlserver      # also MLServer (own virtualenv, created on first use)
 
@@ -14,6 +14,7 @@ A server that fails to start becomes failed rows carrying its error, and the run
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -55,6 +56,7 @@ class Plan:
     ceiling: bool
     start_timeout_s: float
     retries: int = 0  # extra attempts at a cell that other processes disturbed
+    rounds: int = 1  # measurements of every cell per system, interleaved; the median one is reported
     mlserver_python: Path | None = None  # the MLServer virtualenv's python, when MLServer is compared
 
 
@@ -211,10 +213,13 @@ def _log_row(row: Row) -> None:
 
 
 def run_systems(specs: Sequence[ServerSpec], bodies: dict[tuple[str, int], Path], plan: Plan, work: Path) -> list[Row]:
-    """Start every system (idle ones cost nothing on their core), then measure cell by cell, each system in turn.
+    """Start every system (idle ones cost nothing on their core), then measure cell by cell, each system in turn,
+    `plan.rounds` times over; per system and cell the round with the median req/s is reported, with all of them.
 
     Interleaving puts the systems' measurements of one cell minutes apart at most, so a change in what else runs on
-    the machine moves all of them alike and the ratios, which are what the comparison is about, hold up.
+    the machine moves all of them alike and the ratios, which are what the comparison is about, hold up. Rounds
+    take the rest: on a shared virtual machine one 10 s measurement can be 15 % off the next, and the median of
+    three interleaved ones is not moved by one slow spell.
     """
     rows: list[Row] = []
     servers: dict[str, RunningServer] = {}
@@ -230,23 +235,38 @@ def run_systems(specs: Sequence[ServerSpec], bodies: dict[tuple[str, int], Path]
                 _log(f"[{spec.name}] failed to start: {' '.join(str(exc).split())[:300]}")
                 rows += [Row(spec.name, cell, None, f"server failed to start: {exc}") for cell in cells]
         for cell in plan.cells:
-            for name, server in servers.items():
-                if not _applies(server.spec, cell):
-                    continue
-                if server.process.poll() is not None:
-                    row = Row(
-                        name, cell, None, f"server exited with {server.process.returncode}: {server.log_tail(500)}"
-                    )
-                else:
-                    out = work / f"{name}-{cell.model}-b{cell.batch}-c{cell.connections}.json"
-                    row = _measure_steadily(server, cell, bodies[(cell.model, cell.batch)], plan, out)
-                rows.append(row)
-                _log_row(row)
+            attempts: dict[str, list[Row]] = {name: [] for name in servers}
+            for round_ in range(plan.rounds):
+                for name, server in servers.items():
+                    if not _applies(server.spec, cell) or (attempts[name] and attempts[name][-1].result is None):
+                        continue  # a failed system is not measured again
+                    row = _attempt(server, cell, bodies[(cell.model, cell.batch)], plan, work, round_)
+                    attempts[name].append(row)
+                    _log_row(row)
+            rows += [_median(found) for found in attempts.values() if found]
     finally:
         for server in servers.values():
             server.stop()
     order = {name: i for i, name in enumerate(s.name for s in specs)}
     return sorted(rows, key=lambda r: (plan.cells.index(r.cell), order[r.system]))
+
+
+def _attempt(server: RunningServer, cell: Cell, body: Path, plan: Plan, work: Path, round_: int) -> Row:
+    name = server.spec.name
+    if server.process.poll() is not None:
+        return Row(name, cell, None, f"server exited with {server.process.returncode}: {server.log_tail(500)}")
+    suffix = f"-r{round_ + 1}" if plan.rounds > 1 else ""
+    out = work / f"{name}-{cell.model}-b{cell.batch}-c{cell.connections}{suffix}.json"
+    return _measure_steadily(server, cell, body, plan, out)
+
+
+def _median(attempts: Sequence[Row]) -> Row:
+    """The attempt with the median req/s (the lower middle one of an even number), carrying every round's req/s;
+    a failed attempt is the answer, since it is the last one made."""
+    if attempts[-1].result is None:
+        return attempts[-1]
+    ranked = sorted(attempts, key=lambda r: r.rps)
+    return dataclasses.replace(ranked[(len(ranked) - 1) // 2], rounds=tuple(r.rps for r in attempts))
 
 
 def measure_ceiling(body: Path, plan: Plan, specs: dict[str, ServerSpec], work: Path) -> Ceiling:
@@ -323,7 +343,8 @@ def run(plan: Plan, out_dir: Path, *, stem: str, notes: Sequence[str] = ()) -> R
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Linux {platform.release()}",
         "python": platform.python_version(),
         "engine": plan.engine,
-        "duration per cell": f"{plan.duration_s:g} s after {plan.warmup_s:g} s warm-up",
+        "duration per cell": f"{plan.rounds} interleaved round(s) of {plan.duration_s:g} s after {plan.warmup_s:g} s"
+        " warm-up; each row is a system's median round",
         "pinning": f"server cores {list(plan.server_cores)}, load generator cores {list(plan.loadgen_cores)}"
         if pinned
         else "none (taskset missing or cores unavailable)",
@@ -345,8 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--smoke", action="store_true", help="seconds per cell, tiny model, floor+fastapi+gateway")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help=f"output directory (default {RESULTS_DIR})")
-    parser.add_argument("--duration", type=float, help="measured seconds per cell (default 10; smoke 1)")
-    parser.add_argument("--warmup", type=float, help="warm-up seconds per cell (default 2; smoke 0.25)")
+    parser.add_argument("--duration", type=float, help="measured seconds per round of a cell (default 5; smoke 1)")
+    parser.add_argument("--warmup", type=float, help="warm-up seconds per round of a cell (default 1; smoke 0.25)")
     parser.add_argument(
         "--engine",
         choices=["python", "wrk", "auto"],
@@ -369,6 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--loadgen-cores", type=_cores, default=(1,), help="cores for the load generator (default 1)")
     parser.add_argument(
         "--retries", type=int, help="extra attempts at a cell disturbed by other processes (default 1; smoke 0)"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help="measurements per cell and system, interleaved; the median is kept (default 3; smoke 1)",
     )
     parser.add_argument("--start-timeout", type=float, default=90.0, help="seconds a server may take to be ready")
     return parser
@@ -401,14 +427,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = Plan(
         cells=tuple(Cell(m, b, c) for m, b, c in itertools.product(models, batches, connections)),
         systems=tuple(systems),
-        duration_s=args.duration if args.duration is not None else (1.0 if smoke else 10.0),
-        warmup_s=args.warmup if args.warmup is not None else (0.25 if smoke else 2.0),
+        duration_s=args.duration if args.duration is not None else (1.0 if smoke else 5.0),
+        warmup_s=args.warmup if args.warmup is not None else (0.25 if smoke else 1.0),
         engine=args.engine,
         server_cores=args.server_cores,
         loadgen_cores=args.loadgen_cores,
         ceiling=not (smoke or args.no_ceiling),
         start_timeout_s=args.start_timeout,
         retries=args.retries if args.retries is not None else (0 if smoke else 1),
+        rounds=max(1, args.rounds if args.rounds is not None else (1 if smoke else 3)),
         mlserver_python=mlserver_python,
     )
     report = run(plan, args.out, stem="compare-smoke" if smoke else "compare", notes=notes)

@@ -31,6 +31,7 @@ class Row:
     error: str | None = None
     server_cpu: float = 0.0  # server process tree CPU seconds / wall seconds over the cell (warm-up included)
     background_cpu: float = 0.0  # CPU used by other processes on the machine over the cell, in cores
+    rounds: tuple[float, ...] = ()  # req/s of every round of this cell, in order; the row is the median round
 
     @property
     def ok(self) -> bool:
@@ -48,6 +49,7 @@ class Row:
             "error": self.error,
             "server_cpu": self.server_cpu,
             "background_cpu": self.background_cpu,
+            "rounds": list(self.rounds),
         }
 
 
@@ -192,6 +194,7 @@ class Report:
                 "server cpu",
                 "lg cpu",
                 "other cpu",
+                "rounds req/s",
                 "note",
             ],
             [_result_cells(r) for cell in self.cells() for r in self.rows if r.cell == cell],
@@ -253,7 +256,7 @@ class Report:
 def _result_cells(r: Row) -> list[str]:
     head = [r.cell.model, str(r.cell.batch), str(r.cell.connections), r.system]
     if r.result is None:
-        return head + ["-", "-", "-", "-", "-", "-", "-", _short(r.error or "failed")]
+        return head + ["-", "-", "-", "-", "-", "-", "-", "-", _short(r.error or "failed")]
     lat = r.result.latency_ms
     return head + [
         f"{r.result.rps:,.0f}",
@@ -263,6 +266,7 @@ def _result_cells(r: Row) -> list[str]:
         f"{r.server_cpu:.0%}",
         f"{r.result.loadgen_cpu:.0%}",
         f"{r.background_cpu:.0%}",
+        " / ".join(f"{rps:,.0f}" for rps in r.rounds) if len(r.rounds) > 1 else "-",
         _short(r.error or ""),
     ]
 

@@ -256,9 +256,36 @@ def test_report_marks_failed_servers_and_computes_ratios() -> None:
     assert "server failed to start: boom" in markdown and "0.70x" in markdown
 
 
+def test_rounds_report_the_median_attempt_with_every_rounds_rate() -> None:
+    from benchmarks.compare import _median
+    from benchmarks.loadgen import LoadResult
+
+    def row(rps: float) -> Row:
+        lat = {"p50": 1.0, "p90": 1.0, "p99": 1.0, "p999": 1.0, "max": 1.0, "mean": 1.0}
+        return Row(
+            "gateway", Cell("tiny", 1, 32), LoadResult("python", "closed", "u", 32, None, 1.0, 1, 0, rps, lat, 0.5)
+        )
+
+    median = _median([row(900.0), row(1200.0), row(1000.0)])
+    assert median.rps == 1000.0 and median.rounds == (900.0, 1200.0, 1000.0)
+    failed = Row("gateway", Cell("tiny", 1, 32), None, "server exited")
+    assert _median([row(900.0), failed]) is failed
+
+
 def test_compare_smoke_mode_measures_every_server(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.compare", "--smoke", "--out", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.compare",
+            "--smoke",
+            "--rounds",
+            "2",
+            "--duration",
+            "0.5",
+            "--out",
+            str(tmp_path),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -274,6 +301,7 @@ def test_compare_smoke_mode_measures_every_server(tmp_path: Path) -> None:
     for row in rows:
         assert row["error"] is None, (row["system"], row["error"])
         assert row["result"]["rps"] > 0, row["system"]
+        assert len(row["rounds"]) == 2 and row["result"]["rps"] == min(row["rounds"])  # the lower middle of two
 
 
 def test_a_server_that_fails_to_start_becomes_failed_rows(tmp_path: Path) -> None:
