@@ -65,9 +65,34 @@ class _Head:
         return self._bytes
 
 
+class _Targets:
+    """Request target -> (model, pinned version) for the direct path, or None; clients send the same few targets
+    over and over, so each is parsed once. Bounded: emptied when full, so odd targets cannot grow it."""
+
+    __slots__ = ("_known",)
+    LIMIT = 1024
+
+    def __init__(self) -> None:
+        self._known: dict[bytes, tuple[str, str | None] | None] = {}
+
+    def of(self, url: bytes) -> tuple[str, str | None] | None:
+        try:
+            return self._known[url]
+        except KeyError:
+            pass
+        path = url.partition(b"?")[0]
+        # Percent-encoded names go uvicorn's way, which decodes them.
+        target = None if b"%" in path else infer_target(path.decode("latin-1"))
+        if len(self._known) >= self.LIMIT:
+            self._known.clear()
+        self._known[url] = target
+        return target
+
+
 class InferenceProtocol(HttpToolsProtocol):
     dataplane: DataPlane  # set on the subclass that `protocol_for` makes
     head: _Head  # shared by the connections of one server, as uvicorn's default headers are
+    targets: _Targets  # likewise
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -103,10 +128,7 @@ class InferenceProtocol(HttpToolsProtocol):
             return None
         if self.cycle is not None and not self.cycle.response_complete:
             return None  # pipelined behind a request still being answered: uvicorn keeps the order
-        path = self.url.partition(b"?")[0]
-        if b"%" in path:
-            return None  # percent-encoded names: uvicorn decodes them
-        return infer_target(path.decode("latin-1"))
+        return self.targets.of(self.url)
 
     def on_body(self, body: bytes) -> None:
         if self._target is None:
@@ -215,4 +237,6 @@ class _Continue:
 
 def protocol_for(dataplane: DataPlane) -> type[InferenceProtocol]:
     """The protocol class uvicorn instantiates per connection, bound to this data plane."""
-    return type("BoundInferenceProtocol", (InferenceProtocol,), {"dataplane": dataplane, "head": _Head()})
+    return type(
+        "BoundInferenceProtocol", (InferenceProtocol,), {"dataplane": dataplane, "head": _Head(), "targets": _Targets()}
+    )

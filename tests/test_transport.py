@@ -133,3 +133,16 @@ def test_answers_that_wait_on_a_thread_or_a_batch_keep_their_order(tmp_path: Pat
             sock.sendall(infer_request(bodies[i]))
             [(status, _, body)] = read_responses(sock, 1)
             assert orjson.loads(body)["id"] == str(i)
+
+
+def test_request_targets_are_parsed_once_and_the_memory_stays_bounded() -> None:
+    from gateway.transport import _Targets
+
+    targets = _Targets()
+    assert targets.of(b"/v2/models/m/infer?x=1") == ("m", None)
+    assert targets.of(b"/v2/models/m/versions/canary/infer") == ("m", "canary")
+    assert targets.of(b"/v2/models/m%2Fx/infer") is None  # percent-encoded: uvicorn's path decodes it
+    assert targets.of(b"/v2/models/m/ready") is None
+    for i in range(3 * _Targets.LIMIT):
+        assert targets.of(f"/v2/models/m{i}/infer".encode()) == (f"m{i}", None)
+        assert len(targets._known) <= _Targets.LIMIT
