@@ -225,3 +225,32 @@ def test_a_broken_version_is_reported_and_the_others_serve(tmp_path: Path, caplo
     assert f"{tmp_path / 'affine' / '3' / 'model.onnx'}: onnxruntime cannot load it" in caplog.text
     assert registry.get_sample_value("gateway_model_load_failures_total", {"model": "affine", "version": "3"}) == 1
     assert registry.get_sample_value("gateway_model_ready", {"model": "affine", "version": "3"}) == 0
+
+
+def test_the_common_request_takes_the_fast_lane_and_the_rest_the_general_codec(
+    repo_client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gateway.dataplane as dataplane
+
+    general = dataplane.decode_request
+    seen: list[bytes] = []
+
+    def counting(body: bytes, header_length: int | None = None) -> Any:
+        seen.append(body)
+        return general(body, header_length)
+
+    monkeypatch.setattr(dataplane, "decode_request", counting)
+    plain = repo_client.post(INFER, content=affine_body([[1, 2, 3, 4]], id="a"))
+    assert plain.status_code == 200 and plain.json()["id"] == "a"
+    assert plain.json()["outputs"][0]["data"] == [4.0, 7.0, 10.0, 13.0]  # version 2: 3x + 1
+    assert seen == []  # served without the general decoder
+    named = repo_client.post(INFER, content=affine_body([[1, 2, 3, 4]], outputs=[{"name": "Y"}]))
+    assert named.status_code == 200 and named.json()["outputs"][0]["data"] == [
+        4.0,
+        7.0,
+        10.0,
+        13.0,
+    ]  # version 2: 3x + 1
+    bad = repo_client.post(INFER, content=affine_body([[1, 2, 3]]))
+    assert bad.status_code == 400 and "shape [1, 3]" in bad.json()["error"]
+    assert len(seen) == 2  # `outputs` and the misfit went the general way, which named the fault
