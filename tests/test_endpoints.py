@@ -231,8 +231,8 @@ def test_the_common_request_takes_the_fast_lane_and_the_rest_the_general_codec(
     repo_client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import gateway.dataplane as dataplane
+    from gateway.protocol import decode_request as general
 
-    general = dataplane.decode_request
     seen: list[bytes] = []
 
     def counting(body: bytes, header_length: int | None = None) -> Any:
