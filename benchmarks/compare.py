@@ -57,6 +57,7 @@ class Plan:
     start_timeout_s: float
     retries: int = 0  # extra attempts at a cell that other processes disturbed
     rounds: int = 1  # measurements of every cell per system, interleaved; the median one is reported
+    settle_s: float = 120.0  # longest wait for the machine to go quiet once every server is up
     mlserver_python: Path | None = None  # the MLServer virtualenv's python, when MLServer is compared
 
 
@@ -234,6 +235,7 @@ def run_systems(specs: Sequence[ServerSpec], bodies: dict[tuple[str, int], Path]
             except ServerError as exc:
                 _log(f"[{spec.name}] failed to start: {' '.join(str(exc).split())[:300]}")
                 rows += [Row(spec.name, cell, None, f"server failed to start: {exc}") for cell in cells]
+        _settle(deadline_s=plan.settle_s)
         for cell in plan.cells:
             attempts: dict[str, list[Row]] = {name: [] for name in servers}
             for round_ in range(plan.rounds):
@@ -249,6 +251,22 @@ def run_systems(specs: Sequence[ServerSpec], bodies: dict[tuple[str, int], Path]
             server.stop()
     order = {name: i for i, name in enumerate(s.name for s in specs)}
     return sorted(rows, key=lambda r: (plan.cells.index(r.cell), order[r.system]))
+
+
+def _settle(quiet: float = 0.1, seconds: float = 2.0, deadline_s: float = 120.0) -> None:
+    """Wait until the machine is quiet (below `quiet` of a core for `seconds`): servers that report ready may still
+    be busy (MLServer's workers load their models after it answers), and would disturb the first measurements."""
+    deadline = time.monotonic() + deadline_s
+    calm_since = time.monotonic()
+    while time.monotonic() < deadline:
+        busy0, t0 = _machine_busy_seconds(), time.monotonic()
+        time.sleep(0.5)
+        load = (_machine_busy_seconds() - busy0) / (time.monotonic() - t0)
+        if load > quiet:
+            calm_since = time.monotonic()
+        elif time.monotonic() - calm_since >= seconds:
+            return
+    _log(f"the machine did not go quiet within {deadline_s:g} s; measuring anyway")
 
 
 def _attempt(server: RunningServer, cell: Cell, body: Path, plan: Plan, work: Path, round_: int) -> Row:
@@ -436,6 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         start_timeout_s=args.start_timeout,
         retries=args.retries if args.retries is not None else (0 if smoke else 1),
         rounds=max(1, args.rounds if args.rounds is not None else (1 if smoke else 3)),
+        settle_s=10.0 if smoke else 120.0,
         mlserver_python=mlserver_python,
     )
     report = run(plan, args.out, stem="compare-smoke" if smoke else "compare", notes=notes)
