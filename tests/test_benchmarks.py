@@ -324,3 +324,17 @@ def test_a_server_that_fails_to_start_becomes_failed_rows(tmp_path: Path) -> Non
     rows = run_systems([broken], {("tiny", 1): tmp_path / "unused.json"}, plan, tmp_path)
     assert [(r.system, r.cell, r.result) for r in rows] == [("broken", c, None) for c in cells]
     assert all(r.error is not None and "exited with 3" in r.error and "no model here" in r.error for r in rows)
+
+
+def test_path_benchmark_drives_every_case_to_a_200(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_path", "--count", "50", "--rounds", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 3 and all(line.endswith("us/request") for line in lines), done.stdout

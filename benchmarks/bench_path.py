@@ -1,0 +1,188 @@
+"""The server's own cost per inference request, with no network and no load generator: the request bytes are fed to
+the gateway's protocol (uvicorn's httptools parser, the transport's direct path, the data plane, onnxruntime) and
+the answer is written to a transport that keeps it. Run as a script:
+
+    python -m benchmarks.bench_path               # microseconds per request, best of 7 rounds
+    python -m benchmarks.bench_path --callgrind   # instructions per request under valgrind: the same on every run
+
+Cases, on the tiny benchmark model (FP32 [1, 16] -> [1, 2]): the common JSON request (the fast lane), the same
+request asking for its output by name (the general codec), and the binary form tritonclient sends. On a shared
+machine the microseconds move by 10-20 % between runs; instruction counts do not, which makes them the figure to
+compare two versions of the request path by (`valgrind` from Debian; slow: about a minute).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from benchmarks.models import TINY, write_repository
+
+_DATA = [round(0.1 * i - 0.8, 2) for i in range(16)]
+
+
+def bodies() -> dict[str, tuple[bytes, tuple[tuple[bytes, bytes], ...]]]:
+    """Case -> (body, extra headers)."""
+    tensor = {"name": "input", "shape": [1, 16], "datatype": "FP32"}
+    common = orjson.dumps({"inputs": [{**tensor, "data": _DATA}]})
+    named = orjson.dumps({"inputs": [{**tensor, "data": _DATA}], "outputs": [{"name": "output"}]})
+    raw = struct.pack("<16f", *_DATA)
+    head = _binary_head(tensor, len(raw))
+    length = ((b"Inference-Header-Content-Length", str(len(head)).encode()),)
+    return {
+        "json (fast lane)": (common, ()),
+        "json naming outputs (general codec)": (named, ()),
+        "binary (tritonclient's default)": (head + raw, length),
+    }
+
+
+def _binary_head(tensor: dict[str, Any], size: int) -> bytes:
+    return orjson.dumps(
+        {
+            "inputs": [{**tensor, "parameters": {"binary_data_size": size}}],
+            "outputs": [{"name": "output", "parameters": {"binary_data": True}}],
+        }
+    )
+
+
+def request(body: bytes, headers: Sequence[tuple[bytes, bytes]]) -> bytes:
+    lines = [b"POST /v2/models/tiny/infer HTTP/1.1", b"Host: 127.0.0.1:8000", b"Content-Type: application/json"]
+    lines += [name + b": " + value for name, value in headers]
+    lines.append(b"Content-Length: %d" % len(body))
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+class _Transport:
+    """Keeps the last write; what the protocol asks of a socket transport, answered as a healthy one would."""
+
+    def __init__(self) -> None:
+        self.last = b""
+
+    def write(self, data: bytes) -> None:
+        self.last = data
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(name, default)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _protocol(repository: Path, inline_below_us: float) -> tuple[Any, _Transport]:
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
+
+    from gateway.app import Settings, create_app
+    from gateway.backends.onnx import OnnxOptions
+    from gateway.transport import protocol_for
+
+    app = create_app(Settings(model_repository=repository, onnx=OnnxOptions(inline_below_us=inline_below_us)))
+    config = Config(app, http=protocol_for(app.state.dataplane), lifespan="off", access_log=False)
+    config.load()
+    protocol: Any = config.http_protocol_class(config=config, server_state=ServerState(), app_state={})  # type: ignore[call-arg]
+    transport = _Transport()
+    protocol.connection_made(transport)
+    return protocol, transport
+
+
+def _drive(protocol: Any, transport: _Transport, raw: bytes, count: int) -> None:
+    for _ in range(count):
+        transport.last = b""
+        protocol.data_received(raw)
+        if not transport.last.startswith(b"HTTP/1.1 200"):
+            raise SystemExit(f"unexpected answer: {transport.last[:300]!r}")
+
+
+def measure(repository: Path, case: str, count: int, rounds: int, inline_below_us: float) -> float:
+    """Best microseconds per request over `rounds` rounds of `count` requests."""
+    body, headers = bodies()[case]
+    raw = request(body, headers)
+
+    async def run() -> float:
+        protocol, transport = _protocol(repository, inline_below_us)
+        _drive(protocol, transport, raw, 200)  # warm
+        best = float("inf")
+        for _ in range(rounds):
+            start = time.perf_counter()
+            _drive(protocol, transport, raw, count)
+            best = min(best, (time.perf_counter() - start) / count * 1e6)
+        return best
+
+    return asyncio.run(run())
+
+
+def instructions(repository: Path, case: str, count: int) -> int:
+    """Instructions per request inside the HTTP parser's execute call, which runs the whole inline request path."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "callgrind.out"
+        # Under valgrind the warm-up timing sees onnxruntime 50x slower; force inline so the path is the real one.
+        command = [
+            "valgrind", "--tool=callgrind", "--collect-atstart=no", "--toggle-collect=llhttp_execute",
+            f"--callgrind-out-file={out}", sys.executable, "-m", "benchmarks.bench_path", "--inner", case,
+            "--count", str(count), "--repository", str(repository),
+        ]  # fmt: skip
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+        subprocess.run(command, check=True, capture_output=True, env=env)
+        match = re.search(r"^(?:summary|totals): (\d+)", out.read_text(), re.MULTILINE)
+        if match is None:
+            raise SystemExit("callgrind wrote no totals")
+        return int(match.group(1)) // count
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_path", description=__doc__.splitlines()[0])
+    parser.add_argument("--callgrind", action="store_true", help="instructions per request, under valgrind")
+    parser.add_argument("--count", type=int, help="requests per round (default 20000; callgrind 300)")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--inner", help=argparse.SUPPRESS)  # one case, run under callgrind by the outer process
+    parser.add_argument("--repository", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.inner:
+
+        async def inner() -> None:
+            protocol, transport = _protocol(args.repository, 1e9)
+            body, headers = bodies()[args.inner]
+            _drive(protocol, transport, request(body, headers), args.count)
+
+        asyncio.run(inner())
+        return 0
+    if args.callgrind and shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
+    with tempfile.TemporaryDirectory() as tmp:
+        repository = Path(tmp) / "models"
+        write_repository(repository, [TINY])
+        for case in bodies():
+            if args.callgrind:
+                count = args.count or 300
+                print(f"{case:40s} {instructions(repository, case, count):>9,} instructions/request", flush=True)
+            else:
+                count = args.count or 20000
+                best = measure(repository, case, count, args.rounds, 150.0)
+                print(f"{case:40s} {best:8.2f} us/request", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
