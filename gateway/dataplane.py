@@ -178,6 +178,7 @@ class DataPlane:
             produced = execution.outputs
             encoded = served.lane.encode(produced, name, request_id) if request is None else None
             head_length = None
+            outputs: tuple[Tensor, ...] = ()
             if encoded is None:
                 names, binary = (
                     requested_outputs(request, served.output_names) if request is not None else served.all_json
@@ -185,13 +186,14 @@ class DataPlane:
                 outputs = tuple(Tensor(n, served.datatypes[n], produced[n]) for n in names)
                 response = InferenceResponse(name, served.label, outputs, request_id, binary)
                 encoded, head_length = encode_response(response)
-                if predlog is not None and request is not None:
-                    predlog.offer(
-                        request_id=request_id, model=name, version=served.label, reason=decision.reason,
-                        inputs=request.inputs, outputs=outputs, latency_ms=(perf_counter() - start) * 1e3,
-                    )  # fmt: skip
-            # A side channel: returns at once and never raises; what it cannot keep it counts as dropped.
+            elapsed = perf_counter() - start  # body received to response encoded: the side channels are not in it
+            # Side channels: each returns at once and never raises; what it cannot keep it counts as dropped.
             self._sampler.offer(served.drift_key, inputs, produced)
+            if predlog is not None and request is not None:
+                predlog.offer(
+                    request_id=request_id, model=name, version=served.label, reason=decision.reason,
+                    inputs=request.inputs, outputs=outputs, latency_ms=elapsed * 1e3,
+                )  # fmt: skip
         except GatewayError as exc:
             metrics.outcomes[outcome_of(exc)].inc()
             metrics.latency.observe(perf_counter() - start)
@@ -203,7 +205,7 @@ class DataPlane:
         finally:
             inflight.value -= 1
         metrics.success.value += 1
-        metrics.latency.observe(perf_counter() - start)
+        metrics.latency.observe(elapsed)
         return Reply(encoded, head_length, record.header)
 
     def count_refused(self, exc: GatewayError) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from gateway.protocol import DTYPES, MAX_ELEMENTS
+from gateway.protocol import DTYPES, MAX_ELEMENTS, MAX_RANK
 from gateway.signature import Signature
 
 # Request keys the lane knows; `outputs`, `parameters` and anything else go the general way.
@@ -56,8 +56,12 @@ class FastLane:
         self._inputs: Mapping[str, _Input] = {
             s.name: _Input(s.datatype, s.shape) for s in signature.inputs if s.datatype in _FLOAT_TYPES
         }
-        if len(self._inputs) != len(signature.inputs):
-            self._inputs = {}  # some input is not a float tensor: every request of this version goes the general way
+        if len(self._inputs) != len(signature.inputs) or any(
+            not s.name or len(s.shape) > MAX_RANK for s in signature.inputs
+        ):
+            # An input that is not a float tensor, or that no request may name or shape (see `protocol`): every
+            # request of this version goes the general way, which checks and refuses such requests.
+            self._inputs = {}
         self._outputs = tuple((s.name, s.datatype) for s in signature.outputs)
         self._encodable = all(s.datatype in _NATIVE_OUTPUTS for s in signature.outputs)
         self._version = version
@@ -98,8 +102,8 @@ class FastLane:
                 array = np.array(data if type(data) is list else [data], dtype=spec.dtype)
             except _SKIP:
                 return None
-            if array.size != math.prod(shape):
-                return None
+            if array.size != math.prod(shape) or not array.size:
+                return None  # a misfit, or an empty tensor (whose shape the general path checks further)
             arrays[name] = array.reshape(shape)
         return arrays, request_id
 

@@ -39,7 +39,7 @@ DATATYPE_OF: Mapping[np.dtype[Any], str] = {v: k for k, v in DTYPES.items()}
 # Request parameters of Triton extensions we do not implement; silently ignoring them would return wrong data.
 _UNSUPPORTED_PARAMETERS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
 MAX_ELEMENTS = 1 << 31  # a shape asking for more is absurd for a JSON/HTTP request; refuse before allocating
-_MAX_RANK = 32  # numpy stops at 64 dimensions; no served model comes near either
+MAX_RANK = 32  # numpy stops at 64 dimensions; no served model comes near either
 _LENGTH = struct.Struct("<I")
 _EMPTY = memoryview(b"")
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
@@ -160,6 +160,8 @@ def _decode_input(item: object, index: int, raw: memoryview, offset: int) -> tup
     count = math.prod(shape)
     if count > MAX_ELEMENTS:
         raise ProtocolError(f"{where}: shape {list(shape)} has {count} elements, over the limit of {MAX_ELEMENTS}")
+    if count == 0 and math.prod(d for d in shape if d) > MAX_ELEMENTS:  # numpy refuses such a shape even empty
+        raise ProtocolError(f"{where}: shape {list(shape)} is over the limit of {MAX_ELEMENTS} elements")
     parameters = _parameters(item.get("parameters"), f"{where}.parameters")
     size = parameters.get("binary_data_size")
     if size is not None:
@@ -182,8 +184,8 @@ def _decode_input(item: object, index: int, raw: memoryview, offset: int) -> tup
 def _shape(value: object, where: str) -> tuple[int, ...]:
     if not isinstance(value, list):
         raise ProtocolError(f"{where}: shape must be a list of non-negative integers")
-    if len(value) > _MAX_RANK:
-        raise ProtocolError(f"{where}: shape has {len(value)} dimensions, over the limit of {_MAX_RANK}")
+    if len(value) > MAX_RANK:
+        raise ProtocolError(f"{where}: shape has {len(value)} dimensions, over the limit of {MAX_RANK}")
     for d in value:
         if isinstance(d, bool) or not isinstance(d, int) or d < 0 or d > MAX_ELEMENTS:
             raise ProtocolError(f"{where}: shape {value} must be a list of integers from 0 to {MAX_ELEMENTS}")

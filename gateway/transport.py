@@ -66,26 +66,28 @@ class _Head:
 
 
 class _Targets:
-    """Request target -> (model, pinned version) for the direct path, or None; clients send the same few targets
-    over and over, so each is parsed once. Bounded: emptied when full, so odd targets cannot grow it."""
+    """Request path -> (model, pinned version) for the direct path, or None; clients send the same few inference
+    paths over and over, so each is parsed once. Only short inference paths are kept, at most LIMIT of them (emptied
+    when full): a client sending odd or huge targets cannot make it hold much."""
 
     __slots__ = ("_known",)
     LIMIT = 1024
+    LONGEST = 256  # bytes of a path worth keeping
 
     def __init__(self) -> None:
-        self._known: dict[bytes, tuple[str, str | None] | None] = {}
+        self._known: dict[bytes, tuple[str, str | None]] = {}
 
     def of(self, url: bytes) -> tuple[str, str | None] | None:
-        try:
-            return self._known[url]
-        except KeyError:
-            pass
         path = url.partition(b"?")[0]
+        target = self._known.get(path)
+        if target is not None:
+            return target
         # Percent-encoded names go uvicorn's way, which decodes them.
         target = None if b"%" in path else infer_target(path.decode("latin-1"))
-        if len(self._known) >= self.LIMIT:
-            self._known.clear()
-        self._known[url] = target
+        if target is not None and len(path) <= self.LONGEST:
+            if len(self._known) >= self.LIMIT:
+                self._known.clear()
+            self._known[path] = target
         return target
 
 

@@ -87,6 +87,7 @@ def test_flat_and_scalar_data_as_the_general_path_reads_them() -> None:
         ("input", "data", [1, 2, 3]),
         ("input", "data", [1e40, 0, 0, 0, 0, 0]),
         ("input", "data", ["a", 0, 0, 0, 0, 0]),
+        ("input", "shape", [0, 3]),  # empty: the general path checks its shape further
     ],
 )
 def test_leaves_anything_else_to_the_general_path(where: str, key: str, value: Any) -> None:
@@ -101,6 +102,15 @@ def test_leaves_anything_else_to_the_general_path(where: str, key: str, value: A
     # else: a shape the lane does not take (e.g. parameters) that the general path serves
 
 
+def test_an_empty_tensor_is_left_to_the_general_path() -> None:
+    head = valid()
+    head["inputs"][0].update(shape=[0, 3], data=[])
+    body = orjson.dumps(head)
+    assert LANE.decode(body) is None
+    arrays, _ = general(body)
+    assert arrays["x"].shape == (0, 3)
+
+
 @pytest.mark.parametrize(
     "body",
     [b"", b"{", b"[]", b'{"inputs": []}', orjson.dumps({"inputs": valid()["inputs"][:1]}),
@@ -113,9 +123,20 @@ def test_refused_requests_are_left_to_the_general_path(body: bytes) -> None:
         general(body)
 
 
-def test_a_version_with_a_non_float_input_takes_every_request_the_general_way() -> None:
-    lane = FastLane(Signature((TensorSpec("ids", "INT64", (-1,)),), (TensorSpec("p", "FP32", (-1,)),)), "1")
-    body = orjson.dumps({"inputs": [{"name": "ids", "shape": [2], "datatype": "INT64", "data": [1, 2]}]})
+@pytest.mark.parametrize(
+    ("spec", "shape", "data"),
+    [
+        (TensorSpec("ids", "INT64", (-1,)), [2], [1, 2]),  # not a float tensor
+        (TensorSpec("", "FP32", (-1,)), [2], [1, 2]),  # a name no request may send
+        (TensorSpec("deep", "FP32", (-1,) * 33), [1] * 33, [1]),  # a rank no request may send
+    ],
+    ids=["integer", "unnamed", "rank-33"],
+)
+def test_a_version_whose_inputs_the_lane_cannot_check_takes_every_request_the_general_way(
+    spec: TensorSpec, shape: list[int], data: list[float]
+) -> None:
+    lane = FastLane(Signature((spec,), (TensorSpec("p", "FP32", (-1,)),)), "1")
+    body = orjson.dumps({"inputs": [{"name": spec.name, "shape": shape, "datatype": spec.datatype, "data": data}]})
     assert lane.decode(body) is None
 
 

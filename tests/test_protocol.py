@@ -167,6 +167,7 @@ MALFORMED: list[tuple[bytes, int | None, str]] = [
     (body([{"shape": [1], "datatype": "FP32", "data": [1]}]), None, r"inputs\[0\]\.name must be"),
     (body([{"name": "x", "shape": [1], "datatype": "FP32"}]), None, "neither 'data' nor"),
     (body([{"name": "x", "shape": [2**20, 2**20], "datatype": "FP32", "data": []}]), None, "over the limit"),
+    (body([{"name": "x", "shape": [2**31, 2**31, 0], "datatype": "FP32", "data": []}]), None, "over the limit"),
     (body([{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}], id=5), None, "'id' must be a string"),
     (
         body([{"name": "x", "shape": [2], "datatype": "FP32", "parameters": {"binary_data_size": 8}}]),

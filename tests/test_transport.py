@@ -146,3 +146,8 @@ def test_request_targets_are_parsed_once_and_the_memory_stays_bounded() -> None:
     for i in range(3 * _Targets.LIMIT):
         assert targets.of(f"/v2/models/m{i}/infer".encode()) == (f"m{i}", None)
         assert len(targets._known) <= _Targets.LIMIT
+    targets._known.clear()
+    assert targets.of(b"/v2/models/m/infer?" + b"q" * 1_000_000) == ("m", None)  # kept by path, without the query
+    assert targets.of(b"/v2/models/" + b"m" * 1_000 + b"/infer") == ("m" * 1_000, None)  # too long to keep
+    assert targets.of(b"/elsewhere") is None  # not an inference path: not kept
+    assert list(targets._known) == [b"/v2/models/m/infer"]
