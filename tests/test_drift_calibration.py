@@ -84,6 +84,15 @@ def test_null_windows_flag_no_more_often_than_alpha_allows() -> None:
     assert turned_on <= 3
 
 
+def test_null_windows_at_the_time_capped_minimum_stay_calibrated() -> None:
+    # A window closed by `max_window_seconds` may be judged on as few as `min_window_size` (200) rows. The same
+    # replicates as above at that size: X ~ Binomial(1000, f), and P(X >= 24 | f = 0.01) = 4.2e-5 again (this seed
+    # flags 3).
+    rng = np.random.default_rng(20261126)
+    flagged = sum(evaluate(reference(rng, 10_000), draw(rng, DEFAULTS.min_window_size)).drifted for _ in range(1000))
+    assert flagged <= 23
+
+
 Shift = Callable[[np.random.Generator, Array, Profile], None]
 
 

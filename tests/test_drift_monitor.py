@@ -202,3 +202,45 @@ async def test_run_loop_processes_in_the_background_until_cancelled() -> None:
                 await anyio.sleep(0.01)
         group.cancel_scope.cancel()
     assert monitor.snapshot()[KEY].windows_total == 1
+
+
+def test_a_quiet_version_gets_a_verdict_when_its_window_times_out() -> None:
+    now = [1000.0]
+    settings = DriftSettings(sample_rate=1.0, window_size=2_000, max_window_seconds=60.0, min_window_size=100)
+    sampler = DriftSampler(100_000, rng=random.Random(1))
+    monitor = DriftMonitor(sampler, CollectorRegistry(), clock=lambda: now[0], versions={KEY: (_profile(), settings)})
+    rng = np.random.default_rng(5)
+    _feed(sampler, rng, 60)
+    assert monitor.process_pending() == 60  # the window opens now, with its first rows
+    now[0] += 120.0
+    assert monitor.process_pending() == 0
+    snap = monitor.snapshot()[KEY]
+    assert snap.windows_total == 0 and snap.filling == 60  # past the cap, but too few rows to judge: still filling
+    _feed(sampler, rng, 50)
+    monitor.process_pending()
+    snap = monitor.snapshot()[KEY]
+    assert snap.windows_total == 1 and snap.filling == 0  # enough rows, past the cap: judged at once
+    assert snap.window is not None and snap.window.samples == 110 and not snap.window.drifted
+    # The next window's time runs from its own first row.
+    now[0] += 1_000.0
+    _feed(sampler, rng, 150)
+    monitor.process_pending()
+    now[0] += 59.5
+    monitor.process_pending()
+    assert monitor.snapshot()[KEY].windows_total == 1
+    now[0] += 1.0
+    monitor.process_pending()  # nothing new arrived: the idle tick closes it
+    snap = monitor.snapshot()[KEY]
+    assert snap.windows_total == 2 and snap.window is not None and snap.window.samples == 150
+
+
+def test_without_a_time_cap_windows_close_on_count_only() -> None:
+    now = [1000.0]
+    settings = DriftSettings(sample_rate=1.0, window_size=500)
+    sampler = DriftSampler(100_000, rng=random.Random(1))
+    monitor = DriftMonitor(sampler, CollectorRegistry(), clock=lambda: now[0], versions={KEY: (_profile(), settings)})
+    _feed(sampler, np.random.default_rng(6), 300)
+    monitor.process_pending()
+    now[0] += 1e6
+    monitor.process_pending()
+    assert monitor.snapshot()[KEY].windows_total == 0 and monitor.snapshot()[KEY].filling == 300

@@ -29,10 +29,19 @@ def test_every_key_parses() -> None:
             "persistence_m": 4,
             "max_exported_features": 10,
             "webhook_url": "https://hooks.example/drift",
+            "max_window_seconds": 600,
+            "min_window_size": 500,
         },
         PATH,
     )
-    assert settings == DriftSettings(True, 1.0, 5000, 0.005, 0.05, 0.02, 3, 4, 10, "https://hooks.example/drift")
+    assert settings == DriftSettings(
+        True, 1.0, 5000, 0.005, 0.05, 0.02, 3, 4, 10, "https://hooks.example/drift", 600.0, 500
+    )
+
+
+def test_time_cap_is_off_by_default_and_its_floor_never_exceeds_the_window() -> None:
+    assert parse_drift_settings({}, PATH).max_window_seconds is None
+    assert parse_drift_settings({"window_size": 100}, PATH).min_window_size == 100
 
 
 @pytest.mark.parametrize(
@@ -48,6 +57,10 @@ def test_every_key_parses() -> None:
         ({"enabled": "yes"}, r"routes\.fraud\.drift\.enabled: must be true or false"),
         ({"persistence_k": 4, "persistence_m": 3}, r"routes\.fraud\.drift\.persistence_k: 4 is more than"),
         ({"webhook_url": "ftp://x"}, r"routes\.fraud\.drift\.webhook_url: must be an http\(s\) URL"),
+        ({"max_window_seconds": 0.5}, r"routes\.fraud\.drift\.max_window_seconds: must be in \[1\.0, "),
+        ({"max_window_seconds": "1h"}, r"routes\.fraud\.drift\.max_window_seconds: must be a number"),
+        ({"min_window_size": 20}, r"routes\.fraud\.drift\.min_window_size: must be at least 50"),
+        ({"window_size": 100, "min_window_size": 150}, r"routes\.fraud\.drift\.min_window_size: 150 is more than"),
     ],
 )
 def test_bad_values_name_the_key_path(data: object, message: str) -> None:

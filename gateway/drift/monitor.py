@@ -61,6 +61,8 @@ class VersionSnapshot:
                 "min_novel_share": self.settings.min_novel_share,
                 "persistence_k": self.settings.persistence_k,
                 "persistence_m": self.settings.persistence_m,
+                "max_window_seconds": self.settings.max_window_seconds,
+                "min_window_size": self.settings.min_window_size,
             },
             "profile": {"dataset_sha256": self.profile.dataset_sha256, "rows": self.profile.rows},
             "window": None if self.window is None else self.window.to_json(),
@@ -74,6 +76,7 @@ class _Window:
         self.slots = [np.zeros(len(f.counts), dtype=np.int64) for f in profile.features]
         self.extra = np.zeros((len(profile.features), 3), dtype=np.int64)
         self.rows = 0
+        self.opened_at: float | None = None  # when its first rows were binned (the time cap counts from there)
 
     def add(self, i: int, counts: SlotCounts) -> None:
         self.slots[i] += counts.slots
@@ -171,8 +174,6 @@ class DriftMonitor:
         Returns the number of sampled rows processed.
         """
         samples = self.sampler.drain(self._batch_limit if limit is None else limit)
-        if not samples:
-            return 0
         by_key: dict[DriftKey, list[Sample]] = {}
         for sample in samples:
             by_key.setdefault(sample[0], []).append(sample)
@@ -190,7 +191,10 @@ class DriftMonitor:
                     logger.exception("drift: cannot bin samples of %s/%s", key.model, key.version)
                     self.discarded += len(group)
                 touched.append(version)
-            self._publish(touched)
+            # Also when nothing arrived: that is when a quiet version's time runs out.
+            touched += self._expire()
+            if touched:
+                self._publish(touched)
         return processed
 
     async def run(self, interval: float) -> None:
@@ -210,6 +214,20 @@ class DriftMonitor:
             if self._versions.get(version.key) is version:
                 snapshot[version.key] = version.snapshot()
         self._snapshot = snapshot  # one assignment: a scrape sees the old or the new snapshot, never a mix
+
+    def _expire(self) -> list[_Version]:
+        """Close every window past its time cap that holds enough rows to judge (see DriftSettings)."""
+        now = self._clock()
+        closed = []
+        for version in self._versions.values():
+            settings, window = version.settings, version.window
+            cap = settings.max_window_seconds
+            if cap is None or window.opened_at is None or window.rows < settings.min_window_size:
+                continue
+            if now - window.opened_at >= cap:
+                self._close(version)
+                closed.append(version)
+        return closed
 
     def _ingest(self, version: _Version, group: list[Sample]) -> int:
         size = version.settings.window_size
@@ -252,6 +270,8 @@ class DriftMonitor:
             values = array if feature.column is None else array[:, feature.column]
             window.add(i, feature.count_values(values.reshape(-1)))
         window.rows += sum(part[2] for part in pending)
+        if window.opened_at is None:
+            window.opened_at = self._clock()
 
     def _close(self, version: _Version) -> None:
         window = version.window

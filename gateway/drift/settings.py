@@ -43,6 +43,12 @@ class DriftSettings:
     max_exported_features: int = 100
     # POSTed a JSON body when the version's verdict turns on or off (None: no webhook).
     webhook_url: str | None = None
+    # A window open this long (seconds since its first row) closes early with what it holds, if that is at least
+    # `min_window_size` rows: a version with little traffic still gets a verdict. None: windows close on count only.
+    max_window_seconds: float | None = None
+    # The fewest rows a time-closed window is judged on; fewer, and it keeps filling (at 200 rows over 20 bins every
+    # bin still expects 10, which the chi-square and KS p-values need).
+    min_window_size: int = 200
 
 
 DISABLED = DriftSettings(enabled=False)
@@ -70,6 +76,17 @@ def parse_drift_settings(data: object, path: str) -> DriftSettings:
     values["enabled"] = _bool(data, "enabled", default.enabled, path)
     values["sample_rate"] = _number(data, "sample_rate", default.sample_rate, path, low=0.0, high=1.0, open_low=True)
     values["window_size"] = _integer(data, "window_size", default.window_size, path, low=50)
+    seconds = data.get("max_window_seconds")
+    values["max_window_seconds"] = (
+        None if seconds is None else _number(data, "max_window_seconds", 0.0, path, low=1.0, high=30 * 86400.0)
+    )
+    values["min_window_size"] = _integer(
+        data, "min_window_size", min(default.min_window_size, values["window_size"]), path, low=50
+    )
+    if values["min_window_size"] > values["window_size"]:
+        raise ConfigError(
+            f"{path}.min_window_size: {values['min_window_size']} is more than window_size ({values['window_size']})"
+        )
     values["alpha"] = _number(data, "alpha", default.alpha, path, low=0.0, high=0.5, open_low=True)
     values["min_js_distance"] = _number(data, "min_js_distance", default.min_js_distance, path, low=0.0, high=1.0)
     values["min_novel_share"] = _number(data, "min_novel_share", default.min_novel_share, path, low=0.0, high=1.0)
