@@ -272,27 +272,18 @@ def test_rounds_report_the_median_attempt_with_every_rounds_rate() -> None:
     assert _median([row(900.0), failed]) is failed
 
 
-def test_compare_smoke_mode_measures_every_server(tmp_path: Path) -> None:
+def _run_module(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.compare",
-            "--smoke",
-            "--rounds",
-            "2",
-            "--duration",
-            "0.5",
-            "--out",
-            str(tmp_path),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
+        [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_compare_smoke_mode_measures_every_server(tmp_path: Path) -> None:
+    _run_module(
+        "benchmarks.compare", "--smoke", "--rounds", "2", "--duration", "0.5", "--out", str(tmp_path), timeout=240
+    )
     report = json.loads((tmp_path / "compare-smoke.json").read_text())
     assert (tmp_path / "compare-smoke.md").read_text().startswith("# ")
     rows = report["rows"]
@@ -327,14 +318,6 @@ def test_a_server_that_fails_to_start_becomes_failed_rows(tmp_path: Path) -> Non
 
 
 def test_path_benchmark_drives_every_case_to_a_200(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench_path", "--count", "50", "--rounds", "1"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = _run_module("benchmarks.bench_path", "--count", "50", "--rounds", "1", timeout=120)
     lines = done.stdout.strip().splitlines()
     assert len(lines) == 3 and all(line.endswith("us/request") for line in lines), done.stdout
