@@ -14,7 +14,6 @@ compare two versions of the request path by (`valgrind` from Debian; slow: about
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import re
 import shutil
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import uvloop
 
 from benchmarks.models import TINY, write_repository
 
@@ -130,7 +130,7 @@ def measure(repository: Path, case: str, count: int, rounds: int, inline_below_u
             best = min(best, (time.perf_counter() - start) / count * 1e6)
         return best
 
-    return asyncio.run(run())
+    return uvloop.run(run())  # the loop the server runs on
 
 
 def instructions(repository: Path, case: str, count: int) -> int:
@@ -166,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             body, headers = bodies()[args.inner]
             _drive(protocol, transport, request(body, headers), args.count)
 
-        asyncio.run(inner())
+        uvloop.run(inner())
         return 0
     if args.callgrind and shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")

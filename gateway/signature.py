@@ -34,9 +34,11 @@ class Signature:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     _by_name: Mapping[str, TensorSpec] = field(init=False, repr=False, compare=False)
+    _output_names: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_by_name", {s.name: s for s in self.inputs})
+        object.__setattr__(self, "_output_names", frozenset(s.name for s in self.outputs))
 
     def input(self, name: str) -> TensorSpec | None:
         return next((s for s in self.inputs if s.name == name), None)
@@ -47,7 +49,8 @@ class Signature:
     def check(self, request: InferenceRequest) -> None:
         """Raise ProtocolError naming the first input (or output) that does not fit this signature."""
         inputs = request.inputs
-        if len(inputs) == len(self.inputs) and request.outputs is None:
+        outputs = request.outputs
+        if len(inputs) == len(self.inputs) and (outputs is None or all(o.name in self._output_names for o in outputs)):
             # The common case, checked without building anything; any doubt falls through to the exact report.
             for tensor in inputs:
                 spec = self._by_name.get(tensor.name)
