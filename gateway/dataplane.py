@@ -162,29 +162,40 @@ class DataPlane:
             record.counter.value += 1  # Count.inc without the call: this runs for every request
             predlog = self._predlog
             header = headers.get(HEADER_LENGTH)
-            # The common JSON shape goes the fast lane; anything else (or a prediction log, which wants the
-            # request's tensors) the general codec, which also names whatever is wrong with a request.
-            fast = served.lane.decode(body) if header is None and predlog is None else None
+            request_head = None if header is None else parse_header_length(header, len(body))
+            # The common shapes (JSON asking for every output; tritonclient's binary) go the fast lane; anything
+            # else, or any request while a prediction log wants the request's tensors, the general codec, which
+            # also names whatever is wrong with a request.
+            lane = served.lane
+            request = None
+            selection: tuple[tuple[str, ...], tuple[bool, ...]] | None = None  # None: every output, as JSON
+            fast = binary = None
+            if predlog is None:
+                if request_head is None:
+                    fast = lane.decode(body)
+                else:
+                    binary = lane.decode_binary(body, request_head)
             if fast is not None:
                 inputs, request_id = fast
-                request = None
+            elif binary is not None:
+                inputs, request_id, names, flags = binary
+                selection = (names, flags)
             else:
-                request = decode_request(body, parse_header_length(header, len(body)))
+                request = decode_request(body, request_head)
                 served.backend.signature.check(request)
                 inputs, request_id = request.input_map(), request.id
+                selection = requested_outputs(request, served.output_names)
             execution: Execution = await served.infer(inputs)
             if execution.compute_seconds is not None:
                 metrics.compute.observe(execution.compute_seconds)
             produced = execution.outputs
-            encoded = served.lane.encode(produced, name, request_id) if request is None else None
-            head_length = None
+            encoded = lane.encode(produced, name, request_id) if selection is None else None
             outputs: tuple[Tensor, ...] = ()
+            head_length = None  # the response's JSON head length, when binary outputs follow it
             if encoded is None:
-                names, binary = (
-                    requested_outputs(request, served.output_names) if request is not None else served.all_json
-                )
+                names, flags = selection if selection is not None else served.all_json
                 outputs = tuple(Tensor(n, served.datatypes[n], produced[n]) for n in names)
-                response = InferenceResponse(name, served.label, outputs, request_id, binary)
+                response = InferenceResponse(name, served.label, outputs, request_id, flags)
                 encoded, head_length = encode_response(response)
             elapsed = perf_counter() - start  # body received to response encoded: the side channels are not in it
             # Side channels: each returns at once and never raises; what it cannot keep it counts as dropped.

@@ -34,23 +34,55 @@ _INPUT_KEYS = frozenset({"name", "shape", "datatype", "data"})
 _FLOAT_TYPES = frozenset({"FP32", "FP64"})
 _NATIVE_OUTPUTS = frozenset({"FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64",
                              "BOOL"})  # fmt: skip
+# Binary requests: every numeric type reads straight from the body (BOOL and BYTES have checks of their own there).
+_BINARY_TYPES = frozenset(_NATIVE_OUTPUTS - {"BOOL"} | {"FP16"})
+_BINARY_HEAD_KEYS = frozenset({"inputs", "id", "outputs", "parameters"})
+_BINARY_INPUT_KEYS = frozenset({"name", "shape", "datatype", "parameters"})
+_SIZE_KEYS = frozenset({"binary_data_size"})
+_OUTPUT_KEYS = frozenset({"name", "parameters"})
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
+
+# A binary request as the lane reads it: input arrays, request id, the outputs asked for and their binary flags.
+Binary = tuple[dict[str, npt.NDArray[Any]], str | None, tuple[str, ...], tuple[bool, ...]]
+
+
+def _flag(parameters: object, key: str, default: bool) -> bool | None:
+    """`parameters[key]` of a parameters object holding nothing else, `default` when absent; None otherwise."""
+    if parameters is None:
+        return default
+    if type(parameters) is not dict or not parameters.keys() <= {key}:
+        return None
+    value = parameters.get(key, default)
+    return value if type(value) is bool else None
+
+
 _SKIP = (ValueError, TypeError, RuntimeWarning)  # numpy refusing data: the general path reports it
 
 
 class _Input:
-    __slots__ = ("datatype", "dtype", "shape")
+    __slots__ = ("datatype", "dtype", "shape", "wire")
 
     def __init__(self, datatype: str, shape: tuple[int, ...]) -> None:
         self.datatype = datatype
         self.dtype = DTYPES[datatype]
+        self.wire = self.dtype.newbyteorder("<")  # binary data is little-endian on the wire
         self.shape = shape  # -1 where any size fits
+
+
+def _fits(shape: object, expected: tuple[int, ...]) -> bool:
+    """A request's shape the general path reads as valid and `Signature.check` as fitting `expected`."""
+    if type(shape) is not list or len(shape) != len(expected):
+        return False
+    for size, want in zip(shape, expected):  # noqa: B905 - lengths are equal: checked above
+        if type(size) is not int or size < 0 or size > MAX_ELEMENTS or (want != -1 and size != want):
+            return False
+    return True
 
 
 class FastLane:
     """Decode and encode the common request shape for one version; see the module docstring for what it takes."""
 
-    __slots__ = ("_encodable", "_inputs", "_outputs", "_version")
+    __slots__ = ("_all_outputs", "_binary_inputs", "_encodable", "_inputs", "_output_set", "_outputs", "_version")
 
     def __init__(self, signature: Signature, version: str) -> None:
         self._inputs: Mapping[str, _Input] = {
@@ -62,7 +94,15 @@ class FastLane:
             # An input that is not a float tensor, or that no request may name or shape (see `protocol`): every
             # request of this version goes the general way, which checks and refuses such requests.
             self._inputs = {}
+        checkable = all(s.name and len(s.shape) <= MAX_RANK for s in signature.inputs)
+        self._binary_inputs: Mapping[str, _Input] = {
+            s.name: _Input(s.datatype, s.shape) for s in signature.inputs if s.datatype in _BINARY_TYPES
+        }
+        if not checkable or len(self._binary_inputs) != len(signature.inputs):
+            self._binary_inputs = {}
         self._outputs = tuple((s.name, s.datatype) for s in signature.outputs)
+        self._all_outputs = tuple(s.name for s in signature.outputs)
+        self._output_set = frozenset(self._all_outputs)
         self._encodable = all(s.datatype in _NATIVE_OUTPUTS for s in signature.outputs)
         self._version = version
 
@@ -92,11 +132,8 @@ class FastLane:
             if spec is None or name in arrays or item["datatype"] != spec.datatype:
                 return None
             shape = item["shape"]
-            if type(shape) is not list or len(shape) != len(spec.shape):
+            if not _fits(shape, spec.shape):
                 return None
-            for size, expected in zip(shape, spec.shape):  # noqa: B905 - lengths are equal: checked above
-                if type(size) is not int or size < 0 or size > MAX_ELEMENTS or (expected != -1 and size != expected):
-                    return None
             data = item["data"]
             try:
                 array = np.array(data if type(data) is list else [data], dtype=spec.dtype)
@@ -106,6 +143,65 @@ class FastLane:
                 return None  # a misfit, or an empty tensor (whose shape the general path checks further)
             arrays[name] = array.reshape(shape)
         return arrays, request_id
+
+    def decode_binary(self, body: bytes, head_length: int) -> Binary | None:
+        """For a body whose JSON head (`head_length` bytes, already checked against the body) is followed by binary
+        tensors: the input arrays (views of the body), the request id and the outputs it asks for with their binary
+        flags; or None when the general path must take it. Takes what tritonclient sends."""
+        specs = self._binary_inputs
+        if not specs:
+            return None
+        view = memoryview(body)
+        try:
+            head = orjson.loads(view[:head_length])
+        except orjson.JSONDecodeError:
+            return None
+        if type(head) is not dict or not head.keys() <= _BINARY_HEAD_KEYS:
+            return None
+        request_id = head.get("id")
+        if request_id is not None and type(request_id) is not str:
+            return None
+        default = _flag(head.get("parameters"), "binary_data_output", False)
+        items = head.get("inputs")
+        if default is None or type(items) is not list or len(items) != len(specs):
+            return None
+        raw = view[head_length:]
+        offset = 0
+        arrays: dict[str, npt.NDArray[Any]] = {}
+        for item in items:
+            if type(item) is not dict or item.keys() != _BINARY_INPUT_KEYS:
+                return None
+            name, parameters, shape = item["name"], item["parameters"], item["shape"]
+            spec = specs.get(name) if type(name) is str else None
+            if spec is None or name in arrays or item["datatype"] != spec.datatype or not _fits(shape, spec.shape):
+                return None
+            if type(parameters) is not dict or parameters.keys() != _SIZE_KEYS:
+                return None
+            size = parameters["binary_data_size"]
+            count = math.prod(shape)
+            if type(size) is not int or not count or size != count * spec.dtype.itemsize or offset + size > len(raw):
+                return None  # a misfit or an empty tensor: the general path reports or reads it
+            arrays[name] = np.frombuffer(raw[offset : offset + size], dtype=spec.wire).reshape(shape)
+            offset += size
+        if offset != len(raw):
+            return None
+        requested = head.get("outputs")
+        if requested is None or requested == []:  # every output, each as `binary_data_output` says
+            return arrays, request_id, self._all_outputs, (default,) * len(self._all_outputs)
+        if type(requested) is not list:
+            return None
+        names: list[str] = []
+        flags: list[bool] = []
+        for out in requested:
+            if type(out) is not dict or not out.keys() <= _OUTPUT_KEYS:
+                return None
+            name = out.get("name")
+            flag = _flag(out.get("parameters"), "binary_data", default)
+            if type(name) is not str or name not in self._output_set or name in names or flag is None:
+                return None
+            names.append(name)
+            flags.append(flag)
+        return arrays, request_id, tuple(names), tuple(flags)
 
     def encode(self, outputs: Mapping[str, npt.NDArray[Any]], model_name: str, request_id: str | None) -> bytes | None:
         """The JSON response with every output, or None when an output needs the general encoder's conversions."""

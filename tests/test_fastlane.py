@@ -231,3 +231,147 @@ def test_the_property_above_exercised_the_lane() -> None:
     if not TAKEN:  # run on its own: run the property first
         test_values_read_exactly_as_the_general_path_reads_them()
     assert sum(TAKEN) >= 40, f"only {sum(TAKEN)} of {len(TAKEN)} examples took the lane"
+
+
+# --- binary requests (Triton's binary tensor extension, as tritonclient sends them) ---------------------------------
+
+
+def binary_request(head: dict[str, Any], raw: bytes) -> tuple[bytes, int]:
+    encoded = orjson.dumps(head)
+    return encoded + raw, len(encoded)
+
+
+def binary_valid(**extra: Any) -> tuple[dict[str, Any], bytes]:
+    x = np.arange(6, dtype=np.float32).reshape(2, 3) / 7
+    y = np.array([0.5, -2.0], dtype=np.float64)
+    head = {
+        "inputs": [
+            {"name": "x", "shape": [2, 3], "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}},
+            {"name": "y", "shape": [2], "datatype": "FP64", "parameters": {"binary_data_size": y.nbytes}},
+        ],
+        **extra,
+    }
+    return head, x.tobytes() + y.tobytes()
+
+
+def general_binary(body: bytes, head_length: int) -> tuple[Any, ...]:
+    from gateway.protocol import requested_outputs
+
+    request = decode_request(body, head_length)
+    SIGNATURE.check(request)
+    return (request.input_map(), request.id, *requested_outputs(request, ("p", "label")))
+
+
+def assert_same_binary(fast: tuple[Any, ...], slow: tuple[Any, ...]) -> None:
+    assert_same((fast[0], fast[1]), (slow[0], slow[1]))
+    assert fast[2:] == slow[2:]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"id": "r-9", "parameters": {"binary_data_output": True}},
+        {"outputs": [{"name": "label", "parameters": {"binary_data": True}}, {"name": "p"}]},
+        {"outputs": [{"name": "p", "parameters": {"binary_data": False}}], "parameters": {"binary_data_output": True}},
+        {"outputs": []},
+    ],
+    ids=["plain", "id-all-binary", "tritonclient-outputs", "json-output", "empty-outputs"],
+)
+def test_takes_tritonclients_binary_requests_with_the_general_result(extra: dict[str, Any]) -> None:
+    body, head_length = binary_request(*binary_valid(**extra))
+    fast = LANE.decode_binary(body, head_length)
+    assert fast is not None
+    assert_same_binary(fast, general_binary(body, head_length))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda h, r: (h["inputs"][0].update(data=[1]), r),
+        lambda h, r: (h["inputs"][0]["parameters"].update(binary_data_size=20), r),
+        lambda h, r: (h["inputs"][0]["parameters"].update(extra=1), r),
+        lambda h, r: (None, r + b"\0"),
+        lambda h, r: (None, r[:-1]),
+        lambda h, r: (h.update(outputs=[{"name": "q"}]), r),
+        lambda h, r: (h.update(outputs=[{"name": "p"}, {"name": "p"}]), r),
+        lambda h, r: (h.update(outputs=[{"name": "p", "parameters": {"classification": 2}}]), r),
+        lambda h, r: (h.update(outputs=[{"name": "p", "parameters": {"binary_data": 1}}]), r),
+        lambda h, r: (h.update(parameters={"shared_memory_region": "r"}), r),
+        lambda h, r: (h.update(parameters={"binary_data_output": "yes"}), r),
+        lambda h, r: (h.update(id=3), r),
+        lambda h, r: (h["inputs"][1].update(datatype="FP32"), r),
+        lambda h, r: (h["inputs"][0].update(shape=[3, 2]), r),
+    ],
+    ids=[
+        "data-and-size", "wrong-size", "other-parameter", "trailing-bytes", "short", "unknown-output",
+        "duplicate-output", "classification", "flag-not-bool", "shared-memory", "default-not-bool", "id-not-str",
+        "wrong-datatype", "misfit-shape",
+    ],
+)  # fmt: skip
+def test_leaves_other_binary_requests_to_the_general_path(change: Any) -> None:
+    head, raw = binary_valid()
+    _, raw = change(head, raw)
+    body, head_length = binary_request(head, raw)
+    assert LANE.decode_binary(body, head_length) is None
+
+
+def test_binary_inputs_are_views_of_the_body() -> None:
+    body, head_length = binary_request(*binary_valid())
+    fast = LANE.decode_binary(body, head_length)
+    assert fast is not None
+    assert not fast[0]["x"].flags.owndata and not fast[0]["x"].flags.writeable  # no copy of the request's bytes
+
+
+def test_a_version_with_a_bool_input_takes_binary_requests_the_general_way() -> None:
+    lane = FastLane(Signature((TensorSpec("b", "BOOL", (-1,)),), (TensorSpec("p", "FP32", (-1,)),)), "1")
+    head = {"inputs": [{"name": "b", "shape": [2], "datatype": "BOOL", "parameters": {"binary_data_size": 2}}]}
+    body, head_length = binary_request(head, b"\x01\x00")
+    assert lane.decode_binary(body, head_length) is None
+
+
+binary_flags = st.one_of(st.booleans(), st.none(), st.integers(0, 1), st.just("true"))
+binary_outputs: st.SearchStrategy[Any] = st.one_of(
+    st.none(),
+    st.just([]),
+    st.lists(
+        st.fixed_dictionaries(
+            {"name": st.sampled_from(["p", "label", "q"])},
+            optional={"parameters": st.one_of(st.just({}), st.fixed_dictionaries({"binary_data": binary_flags}))},
+        ),
+        max_size=3,
+    ),
+)
+binary_heads = st.fixed_dictionaries(
+    {
+        "x_size": st.sampled_from([24] * 4 + [20, 28]),  # mostly right, so that the lane is exercised
+        "y_size": st.sampled_from([16] * 4 + [8]),
+        "tail": st.sampled_from([b""] * 4 + [b"\0"]),
+        "outputs": binary_outputs,
+        "default": st.one_of(st.none(), st.fixed_dictionaries({"binary_data_output": binary_flags})),
+        "id": st.one_of(st.none(), st.text(max_size=3), st.integers(-5, 5)),
+    }
+)
+BINARY_TAKEN: list[bool] = []
+
+
+@settings(max_examples=500, deadline=None, derandomize=True)
+@given(case=binary_heads)
+def test_binary_lane_never_takes_what_the_general_path_would_refuse_or_read_differently(case: dict[str, Any]) -> None:
+    head, raw = binary_valid()
+    head["inputs"][0]["parameters"]["binary_data_size"] = case["x_size"]
+    head["inputs"][1]["parameters"]["binary_data_size"] = case["y_size"]
+    for key, value in (("outputs", case["outputs"]), ("parameters", case["default"]), ("id", case["id"])):
+        if value is not None:
+            head[key] = value
+    body, head_length = binary_request(head, raw + case["tail"])
+    fast = LANE.decode_binary(body, head_length)
+    BINARY_TAKEN.append(fast is not None)
+    if fast is not None:
+        assert_same_binary(fast, general_binary(body, head_length))
+
+
+def test_the_binary_property_above_exercised_the_lane() -> None:
+    if not BINARY_TAKEN:
+        test_binary_lane_never_takes_what_the_general_path_would_refuse_or_read_differently()
+    assert sum(BINARY_TAKEN) >= 20, f"only {sum(BINARY_TAKEN)} of {len(BINARY_TAKEN)} examples took the lane"
