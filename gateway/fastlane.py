@@ -5,12 +5,13 @@ Most traffic has one shape: a JSON body with an `inputs` list (and perhaps an `i
 (`protocol.decode_request`, `Signature.check`, `protocol.encode_response`) builds a request value, tensors, a
 response value and dicts that the request never needs: about a third of a tiny model's time in the server. A lane is
 made once per loaded version and goes straight from bytes to the arrays the model takes, and from the arrays it
-gives to bytes.
+gives to bytes. The other common shape, tritonclient's binary one (a JSON head, then the tensors' bytes, outputs
+named with their binary flags), is decoded the same way by `decode_binary`; its answer is the general encoder's.
 
 It accepts only what the general path would accept and produce the same answer for; anything else (an unknown key, a
-parameter, binary data, a misfit, a value numpy refuses) makes `decode` return None, and the caller takes the
-general path, which either serves the request or names exactly what is wrong with it. A lane never raises for a
-request it does not take, so every error message still comes from one place.
+parameter, a misfit, a value numpy refuses) makes a decode return None, and the caller takes the general path,
+which either serves the request or names exactly what is wrong with it. A lane does not raise for a request it
+does not take, so every error message still comes from one place.
 """
 
 from __future__ import annotations
