@@ -140,8 +140,8 @@ class FastLane:
                 array = np.array(data if type(data) is list else [data], dtype=spec.dtype)
             except _SKIP:
                 return None
-            if array.size != math.prod(shape) or not array.size:
-                return None  # a misfit, or an empty tensor (whose shape the general path checks further)
+            if array.size != math.prod(shape) or not array.size or array.size > MAX_ELEMENTS:
+                return None  # a misfit, an empty tensor (whose shape the general path checks further), or too big
             arrays[name] = array.reshape(shape)
         return arrays, request_id
 
@@ -180,8 +180,10 @@ class FastLane:
                 return None
             size = parameters["binary_data_size"]
             count = math.prod(shape)
-            if type(size) is not int or not count or size != count * spec.dtype.itemsize or offset + size > len(raw):
-                return None  # a misfit or an empty tensor: the general path reports or reads it
+            if not 0 < count <= MAX_ELEMENTS or type(size) is not int or size != count * spec.dtype.itemsize:
+                return None  # empty, too big, or a size that does not fit: the general path reads or reports it
+            if offset + size > len(raw):
+                return None
             arrays[name] = np.frombuffer(raw[offset : offset + size], dtype=spec.wire).reshape(shape)
             offset += size
         if offset != len(raw):
