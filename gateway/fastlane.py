@@ -47,6 +47,18 @@ _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 Binary = tuple[dict[str, npt.NDArray[Any]], str | None, tuple[str, ...], tuple[bool, ...]]
 
 
+def _head(data: bytes | memoryview, keys: frozenset[str]) -> tuple[dict[str, Any], str | None] | None:
+    """The request's JSON object, if it is one holding only `keys`, and its id (a string or absent); else None."""
+    try:
+        head = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if type(head) is not dict or not head.keys() <= keys:
+        return None
+    request_id = head.get("id")
+    return (head, request_id) if request_id is None or type(request_id) is str else None
+
+
 def _flag(parameters: object, key: str, default: bool) -> bool | None:
     """`parameters[key]` of a parameters object holding nothing else, `default` when absent; None otherwise."""
     if parameters is None:
@@ -110,17 +122,10 @@ class FastLane:
     def decode(self, body: bytes) -> tuple[dict[str, npt.NDArray[Any]], str | None] | None:
         """The model's input arrays and the request id, or None when the general path must take this request."""
         specs = self._inputs
-        if not specs:
+        parsed = _head(body, _HEAD_KEYS) if specs else None
+        if parsed is None:
             return None
-        try:
-            head = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return None
-        if type(head) is not dict or not head.keys() <= _HEAD_KEYS:
-            return None
-        request_id = head.get("id")
-        if request_id is not None and type(request_id) is not str:
-            return None
+        head, request_id = parsed
         items = head.get("inputs")
         if type(items) is not list or len(items) != len(specs):
             return None
@@ -150,18 +155,11 @@ class FastLane:
         tensors: the input arrays (views of the body), the request id and the outputs it asks for with their binary
         flags; or None when the general path must take it. Takes what tritonclient sends."""
         specs = self._binary_inputs
-        if not specs:
-            return None
         view = memoryview(body)
-        try:
-            head = orjson.loads(view[:head_length])
-        except orjson.JSONDecodeError:
+        parsed = _head(view[:head_length], _BINARY_HEAD_KEYS) if specs else None
+        if parsed is None:
             return None
-        if type(head) is not dict or not head.keys() <= _BINARY_HEAD_KEYS:
-            return None
-        request_id = head.get("id")
-        if request_id is not None and type(request_id) is not str:
-            return None
+        head, request_id = parsed
         default = _flag(head.get("parameters"), "binary_data_output", False)
         items = head.get("inputs")
         if default is None or type(items) is not list or len(items) != len(specs):
