@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from gateway.protocol import DTYPES, MAX_ELEMENTS, MAX_RANK
+from gateway.protocol import DTYPES, MAX_ELEMENTS, MAX_RANK, float_array
 from gateway.signature import Signature
 
 # Request keys the lane knows; `outputs`, `parameters` and anything else go the general way.
@@ -142,7 +142,7 @@ class FastLane:
                 return None
             data = item["data"]
             try:
-                array = np.array(data if type(data) is list else [data], dtype=spec.dtype)
+                array = float_array(data if type(data) is list else [data], spec.dtype)
             except _SKIP:
                 return None
             if array.size != math.prod(shape) or not array.size or array.size > MAX_ELEMENTS:

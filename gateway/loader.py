@@ -100,8 +100,9 @@ class VersionLoader:
         compute = metrics.compute.share()  # batches record from worker threads: this child now takes a lock
 
         def run(inputs: Arrays) -> dict[str, Any]:
-            outputs, seconds = backend.run_timed(inputs)
-            compute.observe(seconds)  # per execution: a batch is one
+            outputs, seconds = backend.run(inputs)
+            if seconds is not None:
+                compute.observe(seconds)  # per execution: a batch is one
             return outputs
 
         return DynamicBatcher(

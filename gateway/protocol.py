@@ -253,7 +253,7 @@ def _from_json(
         # makes numpy warn "overflow encountered in cast"; the gateway turns that warning into an error (see
         # `strict_float_casts`), so it arrives here as RuntimeWarning and costs nothing when it does not happen.
         try:
-            array = np.array(data, dtype=dtype)
+            array = float_array(data, dtype)
         except RuntimeWarning:
             raise ProtocolError(f"{where}: a value is out of range for {datatype}") from None
         except (ValueError, TypeError):
@@ -284,12 +284,18 @@ def _from_json(
     return parsed.astype(dtype, copy=False).reshape(shape)
 
 
+def float_array(data: list[Any], dtype: np.dtype[Any]) -> npt.NDArray[Any]:
+    """JSON numbers (and what the spec lets a server coerce) read into a float array: the one place that does it, for
+    the general decoder and the fast lane alike. Raises ValueError or TypeError for data numpy cannot read, and
+    RuntimeWarning for a value the type cannot hold (see `strict_float_casts`)."""
+    return np.array(data, dtype=dtype)
+
+
 def strict_float_casts() -> None:
-    """Make numpy's float-overflow warning an error in the modules that read JSON numbers into float arrays (this
-    one and `fastlane`), so they can refuse a value that the input's float type cannot hold without checking every
-    array on the hot path. Called by the composition root."""
-    for module in (__name__, "gateway.fastlane"):
-        warnings.filterwarnings("error", message="overflow encountered in cast", category=RuntimeWarning, module=module)
+    """Make numpy's float-overflow warning an error in this module, whose `float_array` reads every JSON float, so
+    a value the input's float type cannot hold is refused without checking every array on the hot path. Called by
+    the composition root."""
+    warnings.filterwarnings("error", message="overflow encountered in cast", category=RuntimeWarning, module=__name__)
 
 
 def _exact_integers(data: list[Any], dtype: np.dtype[Any], where: str) -> npt.NDArray[Any]:

@@ -135,8 +135,8 @@ class OnnxBackend:
         discarded and the lower quartile of the rest kept, which a busy machine disturbs least."""
         inputs = self._zeros(rows)
         for _ in range(5):
-            self.run_timed(inputs)
-        times = sorted(self.run_timed(inputs)[1] for _ in range(21))
+            self.run(inputs)
+        times = sorted(self.run(inputs).compute_seconds or 0.0 for _ in range(21))
         return times[len(times) // 4]
 
     @property
@@ -164,12 +164,6 @@ class OnnxBackend:
             raise BackendError(f"onnxruntime failed: {_first_line(exc)}") from exc
         seconds = perf_counter() - start
         return Execution(dict(zip(self._output_names, values, strict=True)), seconds)
-
-    def run_timed(self, inputs: Arrays) -> tuple[dict[str, npt.NDArray[Any]], float]:
-        """The outputs and the seconds onnxruntime took."""
-        outputs, seconds = self.run(inputs)
-        assert seconds is not None
-        return outputs, seconds
 
     async def infer(self, inputs: Arrays) -> Execution:
         if self.runs_inline(inputs):
