@@ -47,7 +47,9 @@ from gateway.metrics import Metrics
 from gateway.monitoring import DriftRegistry
 from gateway.predlog import PredictionLog, PredictionLogMetrics, parse_prediction_log
 from gateway.protocol import strict_float_casts
+from gateway.publisher import Publisher
 from gateway.reloader import Reloader
+from gateway.shadow.runner import ShadowHub
 
 logger = logging.getLogger(__name__)
 
@@ -124,12 +126,15 @@ def create_app(
     webhook = DriftWebhook(http)
     monitor = DriftMonitor(sampler, registry, webhook=webhook)
     drift = DriftRegistry(monitor)
+    shadows = ShadowHub(registry, sampler, random=random.Random(rng.random()).random)
+    publisher = Publisher(metrics, shadows)
     reloader = Reloader(
         loader,
         metrics,
         config_path=settings.config_path,
         model_repository=settings.model_repository,
-        on_swap=drift.sync,
+        publisher=publisher,
+        on_swap=[drift.sync],
         retire_grace=settings.retire_grace,
     )
     snapshot = reloader.start()
@@ -175,6 +180,7 @@ def create_app(
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(signal.SIGHUP)
             await asyncio.gather(*tasks, return_exceptions=True)
+            await shadows.aclose()
             if predlog is not None:
                 await predlog.aclose()
             await http.aclose()

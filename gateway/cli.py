@@ -96,15 +96,15 @@ def validate(args: argparse.Namespace) -> int:
     from gateway.batching import BatchingMetrics
     from gateway.config import load_config
     from gateway.errors import GatewayError
+    from gateway.generation import parse_features
     from gateway.loader import VersionLoader
     from gateway.metrics import Metrics
-    from gateway.reloader import parse_side_channels
     from gateway.routing import RoutingTable
 
     try:
         config = load_config(args.path)
         RoutingTable.from_config(config)
-        parse_side_channels(config)
+        parse_features(config)
         registry = CollectorRegistry()
         metrics = Metrics(registry, build_version=__version__, runtime_version=runtime_version())
         with ThreadPoolExecutor(max_workers=1) as executor:

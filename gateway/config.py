@@ -96,6 +96,8 @@ class RouteConfig:
     split: SplitConfig
     batching: BatchingConfig | None = None
     drift: Mapping[str, Any] | None = None  # loosely validated; the drift module owns its fields
+    shadow: Mapping[str, Any] | None = None  # loosely validated; owned by gateway.shadow
+    rollout: Mapping[str, Any] | None = None  # loosely validated; owned by gateway.rollout
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +108,7 @@ class GatewayConfig:
     server: ServerConfig = ServerConfig()
     prediction_log: Mapping[str, Any] | None = None  # loosely validated; owned by the prediction log
     drift_webhook: Mapping[str, Any] | None = None  # loosely validated; owned by drift
+    base_dir: Path | None = None  # the config file's folder: paths inside the file (golden sets, state) are relative
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,7 +307,7 @@ def _loose_mapping(value: object, path: str, faults: _Faults) -> Mapping[str, An
 
 _TOP_KEYS = ("model_repository", "server", "routes", "prediction_log", "drift_webhook")
 _SERVER_KEYS = ("max_body_bytes",)
-_ROUTE_KEYS = ("model", "versions", "split", "batching", "drift")
+_ROUTE_KEYS = ("model", "versions", "split", "batching", "drift", "shadow", "rollout")
 _VERSION_KEYS = ("version",)
 _SPLIT_KEYS = ("weights", "baseline", "sticky", "overrides")
 _STICKY_KEYS = ("key", "salt", "on_missing")
@@ -336,6 +339,7 @@ def _parse_gateway(data: object, faults: _Faults, *, source: str, base_dir: Path
         server=server,
         prediction_log=prediction_log,
         drift_webhook=drift_webhook,
+        base_dir=Path(os.path.abspath(base_dir)),
     )
 
 
@@ -381,9 +385,14 @@ def _parse_route(name: str, value: object, path: str, faults: _Faults) -> RouteC
     split = _parse_split(data.get("split"), f"{path}.split", versions, name, faults)
     batching = _parse_batching(data.get("batching"), f"{path}.batching", faults)
     drift = _loose_mapping(data.get("drift"), f"{path}.drift", faults)
+    shadow = _loose_mapping(data.get("shadow"), f"{path}.shadow", faults)
+    rollout = _loose_mapping(data.get("rollout"), f"{path}.rollout", faults)
     if len(faults.items) > before or model is None or versions is None or split is None:
         return None
-    return RouteConfig(name=name, model=model, versions=versions, split=split, batching=batching, drift=drift)
+    return RouteConfig(
+        name=name, model=model, versions=versions, split=split, batching=batching, drift=drift, shadow=shadow,
+        rollout=rollout,
+    )  # fmt: skip
 
 
 def _parse_versions(value: object, path: str, faults: _Faults) -> Mapping[str, VersionSpec] | None:

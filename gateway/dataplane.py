@@ -26,7 +26,9 @@ from gateway.predlog import PredictionLog
 from gateway.protocol import decode_request, encode_response, parse_header_length, requested_outputs
 from gateway.repository import VersionSource
 from gateway.routing import RoutingTable, Target
+from gateway.shadow.runner import ShadowLane
 from gateway.tally import Count
+from gateway.tap import Tap
 
 HEADER_LENGTH = "inference-header-content-length"  # Triton's binary extension: the JSON head's length
 PLATFORM = "onnxruntime_onnx"  # what Triton reports for ONNX models; clients show it, none validate it
@@ -64,14 +66,27 @@ class Served:
 
 @dataclass(frozen=True, slots=True)
 class DecisionRecord:
-    """A routing outcome's counter child and the response header value that reports it."""
+    """A routing outcome's counter child, the response header value that reports it, and the side channels that
+    watch requests so decided: a shadow lane (copies to another version) and a rollout's tap, each None when off."""
 
     counter: Count
     header: bytes
+    shadow: ShadowLane | None = None
+    tap: Tap | None = None
 
     @classmethod
-    def of(cls, counter: Count, route: str, name: str, version: int, reason: str) -> DecisionRecord:
-        return cls(counter, f"{route}/{name};version={version};reason={reason}".encode("latin-1"))
+    def of(
+        cls,
+        counter: Count,
+        route: str,
+        name: str,
+        version: int,
+        reason: str,
+        *,
+        shadow: ShadowLane | None = None,
+        tap: Tap | None = None,
+    ) -> DecisionRecord:
+        return cls(counter, f"{route}/{name};version={version};reason={reason}".encode("latin-1"), shadow, tap)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +215,12 @@ class DataPlane:
             elapsed = perf_counter() - start  # body received to response encoded: the side channels are not in it
             # Side channels: each returns at once and never raises; what it cannot keep it counts as dropped.
             self._sampler.offer(served.drift_key, inputs, produced)
+            shadow = record.shadow
+            if shadow is not None:
+                shadow.offer(inputs, produced, execution.compute_seconds)
+            tap = record.tap
+            if tap is not None:
+                tap.offer(elapsed, produced)
             if predlog is not None and request is not None:
                 predlog.offer(
                     request_id=request_id, model=name, version=served.label, reason=decision.reason,

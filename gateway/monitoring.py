@@ -10,7 +10,7 @@ from gateway.drift.monitor import DriftMonitor
 from gateway.drift.profile import Profile
 from gateway.drift.sampler import DriftKey
 from gateway.drift.settings import DriftSettings
-from gateway.reloader import Generation
+from gateway.generation import Generation
 
 logger = logging.getLogger(__name__)
 

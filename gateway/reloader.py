@@ -11,67 +11,22 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal
 
-from gateway.config import GatewayConfig, RouteConfig, parse_config_bytes
-from gateway.dataplane import DataPlane, DecisionRecord, Snapshot
-from gateway.drift.settings import DriftSettings, parse_drift_settings
+from gateway.config import parse_config_bytes
+from gateway.dataplane import DataPlane, Snapshot
 from gateway.errors import ConfigError, GatewayError, ModelLoadError
+from gateway.generation import Generation, parse_features
 from gateway.loader import FileStamp, Key, Loaded, VersionLoader, repository_config
 from gateway.metrics import Metrics
+from gateway.publisher import Publisher
 from gateway.repository import MODEL_FILE
-from gateway.routing import Reason, RoutingTable
 
 logger = logging.getLogger(__name__)
 
 Outcome = Literal["applied", "unchanged", "rejected"]
-REASONS: tuple[str, ...] = get_args(Reason)
-
-
-@dataclass(frozen=True, slots=True)
-class Generation:
-    """What is serving now: the config, its hash and the versions it loaded."""
-
-    number: int
-    config: GatewayConfig
-    digest: str
-    loaded: dict[Key, Loaded]
-    failed: dict[Key, str]
-    drift: dict[str, DriftSettings]  # per route
-
-
-def parse_side_channels(config: GatewayConfig) -> dict[str, DriftSettings]:
-    """Settings other modules own, validated before any model loads so a fault rejects the file by its key."""
-    drift: dict[str, DriftSettings] = {}
-    batching: dict[tuple[str, int], tuple[str, object]] = {}
-    for name, route in config.routes.items():
-        for spec in route.versions.values():
-            first = batching.setdefault((route.model, spec.version), (name, route.batching))
-            if first[1] != route.batching:
-                raise ConfigError(
-                    f"{config.source}: routes.{name}.batching: model {route.model} version {spec.version} is also"
-                    f" served by route {first[0]} with other batching settings; one version has one batcher"
-                )
-        try:
-            drift[name] = parse_drift_settings(route.drift, f"routes.{name}.drift")
-        except ConfigError as exc:
-            raise ConfigError(f"{config.source}: {exc}") from exc
-    return drift
-
-
-def build_snapshot(number: int, config: GatewayConfig, loaded: dict[Key, Loaded], metrics: Metrics) -> Snapshot:
-    table = RoutingTable.from_config(config)
-    decisions = {
-        (name, target.name, reason): DecisionRecord.of(
-            metrics.route_requests.labels(name, target.name, reason), name, target.name, target.version, reason
-        )
-        for name, route in table.routes.items()
-        for target in route.targets
-        for reason in REASONS
-    }
-    return Snapshot(number, table, {k: v.served for k, v in loaded.items()}, decisions, config.server.max_body_bytes)
+OnSwap = Callable[[Generation, Generation | None], None]
 
 
 class Reloader:
@@ -84,7 +39,8 @@ class Reloader:
         *,
         config_path: Path | None,
         model_repository: Path | None = None,
-        on_swap: Callable[[Generation, Generation | None], None] | None = None,
+        publisher: Publisher | None = None,
+        on_swap: Iterable[OnSwap] = (),
         retire_grace: float = 30.0,
     ) -> None:
         if (config_path is None) == (model_repository is None):
@@ -93,7 +49,8 @@ class Reloader:
         self._metrics = metrics
         self._path = config_path
         self._repository = model_repository
-        self._on_swap = on_swap
+        self._publisher = publisher if publisher is not None else Publisher(metrics)
+        self._on_swap = tuple(on_swap)
         self._lock = asyncio.Lock()
         self._current: Generation | None = None
         self._dataplane: DataPlane | None = None
@@ -119,21 +76,23 @@ class Reloader:
             raw = self._path.read_bytes()
             config = parse_config_bytes(raw, source=str(self._path), base_dir=self._path.parent)
             digest = hashlib.sha256(raw).hexdigest()
-            drift = parse_side_channels(config)
+            features = parse_features(config)
             loaded, failed = self._loader.load_all(config, {}, strict=False)
         else:
             assert self._repository is not None
             config = repository_config(self._repository)
-            drift = parse_side_channels(config)
+            features = parse_features(config)
             loaded, failed = self._loader.load_all(config, {}, strict=False)
             if failed:  # unversioned requests go to the highest version that did load, as Triton does
                 config = repository_config(self._repository, exclude=set(failed))
             digest = ""
-        generation = Generation(1, config, digest, loaded, failed, drift)
+        generation = Generation(1, config, digest, loaded, failed, features)
+        self._current = generation
+        snapshot = self._publisher.build(generation)
         self._install(generation, None)
         self._failed_stamps = self._stamps(failed)
         self._sm.applied(generation.number)
-        return build_snapshot(1, config, loaded, self._metrics)
+        return snapshot
 
     def attach(self, dataplane: DataPlane) -> None:
         self._dataplane = dataplane
@@ -164,7 +123,8 @@ class Reloader:
             elif digest == self.current.digest and not self.current.failed:
                 return "unchanged"
             try:
-                generation, snapshot = await asyncio.to_thread(self._prepare, raw, digest)
+                generation = await asyncio.to_thread(self._prepare, raw, digest)
+                snapshot = self._publisher.build(generation)  # on the loop: it reads the current rollout plans
             except (ConfigError, ModelLoadError, GatewayError) as exc:
                 self._sm.rejected()
                 self._rejected_digest = digest
@@ -173,9 +133,12 @@ class Reloader:
                 return "rejected"
             self._rejected_digest = None
             previous = self.current
-            self._install(generation, previous)
+            # Swap first, then tell the listeners: a rollout manager that re-plans on the new generation publishes
+            # after this snapshot, never before it.
+            self._current = generation
             if self._dataplane is not None:
                 self._dataplane.swap(snapshot)
+            self._install(generation, previous)
             self._sm.applied(generation.number)
             logger.info("config generation %d applied from %s", generation.number, self._path)
             return "applied"
@@ -189,20 +152,22 @@ class Reloader:
         failed = self.current.failed
         return bool(failed) and self._stamps(failed) != self._failed_stamps
 
-    def _prepare(self, raw: bytes, digest: str) -> tuple[Generation, Snapshot]:
+    def _prepare(self, raw: bytes, digest: str) -> Generation:
         assert self._path is not None
         config = parse_config_bytes(raw, source=str(self._path), base_dir=self._path.parent)
-        drift = parse_side_channels(config)
+        features = parse_features(config)
         current = self.current
         # strict: one version that fails to load rejects the whole reload, so traffic never meets a broken table.
         loaded, _ = self._loader.load_all(config, current.loaded, strict=True)
-        number = current.number + 1
-        snapshot = build_snapshot(number, config, loaded, self._metrics)
-        return Generation(number, config, digest, loaded, {}, drift), snapshot
+        return Generation(current.number + 1, config, digest, loaded, {}, features)
+
+    def republish(self) -> None:
+        """Rebuild the serving snapshot of the current generation with the current plans and swap it in (a rollout
+        decided); cheap: no model is loaded."""
+        if self._dataplane is not None and self._current is not None:
+            self._dataplane.swap(self._publisher.build(self._current))
 
     def _install(self, generation: Generation, previous: Generation | None) -> None:
-        self._current = generation
-        self._publish_weights(generation, previous)
         for model, version in generation.loaded:
             self._metrics.model_ready.labels(model, str(version)).set(1)
         for model, version in generation.failed:
@@ -219,20 +184,8 @@ class Reloader:
                 closing = asyncio.ensure_future(self._retire(key, old, gone=kept is None))
                 self._retiring.add(closing)  # the loop keeps only a weak reference
                 closing.add_done_callback(self._retiring.discard)
-        if self._on_swap is not None:
-            self._on_swap(generation, previous)
-
-    def _publish_weights(self, generation: Generation, previous: Generation | None) -> None:
-        """Set each route version's share and drop the series of versions the new config no longer has."""
-        gauge = self._metrics.route_weight
-        now = {(name, v): share for name, r in generation.config.routes.items() for v, share in _shares(r).items()}
-        if previous is not None:
-            for name, route in previous.config.routes.items():
-                for version in route.versions:
-                    if (name, version) not in now:
-                        gauge.remove(name, version)
-        for (name, version), share in now.items():
-            gauge.labels(name, version).set(share)
+        for listener in self._on_swap:
+            listener(generation, previous)
 
     async def _retire(self, key: Key, old: Loaded, *, gone: bool) -> None:
         if old.batcher is not None:
@@ -254,11 +207,6 @@ class Reloader:
                 await self.check_once()
             except Exception:  # the watcher must outlive any surprise; the next tick tries again
                 logger.exception("config check failed")
-
-
-def _shares(route: RouteConfig) -> dict[str, float]:
-    total = sum(route.split.weights.values())
-    return {name: weight / total for name, weight in route.split.weights.items()}
 
 
 def _stamp(path: Path) -> FileStamp | None:

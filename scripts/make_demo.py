@@ -1,13 +1,23 @@
-"""Build the bundled demo: two versions of a breast-cancer classifier plus the CSVs they were trained and tested on.
+"""Build the bundled demo: three versions of a breast-cancer classifier plus the CSVs they were trained and tested on.
 
 Run from anywhere: ``python scripts/make_demo.py``. It writes, relative to the repository root::
 
     config/data/breast_cancer_train.csv      30 feature columns then ``target`` (last), header row first
     config/data/breast_cancer_test.csv       same columns, the held-out 30 %
     config/data/breast_cancer_shifted.csv    the test rows with a seeded covariate shift (drift demo)
-    config/models/breast_cancer/{1,2}/model.onnx      input ``input`` FP32 [-1, 30];
-                                                      outputs ``label`` INT64 [-1], ``probabilities`` FP32 [-1, 2]
-    config/models/breast_cancer/{1,2}/metadata.json   description, training-data sha256, test metrics, feature names
+    config/models/breast_cancer/{1,2,3}/model.onnx      input ``input`` FP32 [-1, 30];
+                                                        outputs ``label`` INT64 [-1], ``probabilities`` FP32 [-1, 2]
+    config/models/breast_cancer/{1,2,3}/metadata.json   description, training-data sha256, test metrics, feature names
+    config/models/breast_cancer/{1,2,3}/profile.json    drift reference profile of the training CSV, exactly as
+                                                        ``gateway profile --model-dir <version dir>
+                                                        --data config/data/breast_cancer_train.csv
+                                                        --label-column target`` builds it
+
+Version 3 is the demo's deliberately bad candidate: version 1's pipeline trained on corrupted labels (a seeded
+"labelling bug" marks a share of the benign training rows malignant), so it has version 1's latency but clearly lower
+accuracy and agreement with version 1 -- the case a progressive-delivery controller's gates must stop. The training
+CSV itself stays clean (the corruption happens in memory) and every version's metrics are measured on the clean test
+set.
 
 Everything is seeded and every timestamp is fixed, so a rerun rewrites byte-identical files; the script checks the
 ONNX exports against scikit-learn before writing anything and fails loudly if they disagree.
@@ -40,6 +50,8 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+from gateway.drift.command import main as gateway_profile
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = ROOT / "config" / "data"
 MODEL_DIR = ROOT / "config" / "models" / "breast_cancer"
@@ -47,6 +59,10 @@ MODEL_DIR = ROOT / "config" / "models" / "breast_cancer"
 SPLIT_SEED = 0
 MODEL_SEED = 0
 SHIFT_SEED = 7
+# Version 3's labelling bug: this share of the benign (1) training rows, drawn with this seed, is marked malignant (0).
+# One-sided on purpose: symmetric random flips barely move a logistic regression's decision boundary, this shifts it.
+CORRUPTION_SEED = 3
+CORRUPTED_BENIGN_SHARE = 0.35
 TEST_SIZE = 0.3
 # Opset 17 / ai.onnx.ml 3 (IR version 8) loads on every onnxruntime the project supports (>= 1.17) and on 1.32.
 TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
@@ -75,6 +91,7 @@ class Candidate:
     version: int
     description: str
     pipeline: Pipeline
+    corrupt_labels: bool = False  # train on corrupt(y_train) instead of y_train (version 3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,18 +137,34 @@ def shift(x: FloatArray, reference: FloatArray) -> FloatArray:
     return shifted
 
 
-def candidates() -> tuple[Candidate, ...]:
+def corrupt(y: IntArray) -> IntArray:
+    """Version 3's labelling bug: CORRUPTED_BENIGN_SHARE of the benign rows, drawn by CORRUPTION_SEED, go malignant."""
+    rng = np.random.default_rng(CORRUPTION_SEED)
+    benign = np.flatnonzero(y == 1)
+    flipped = rng.choice(benign, size=round(CORRUPTED_BENIGN_SHARE * len(benign)), replace=False)
+    corrupted = y.copy()
+    corrupted[flipped] = 0
+    return corrupted
+
+
+def logistic_regression() -> Pipeline:
+    return Pipeline(
+        [
+            ("scaler", StandardScaler()),
+            ("classifier", LogisticRegression(C=1.0, max_iter=1000, random_state=MODEL_SEED)),
+        ]
+    )
+
+
+def candidates(y_train: IntArray) -> tuple[Candidate, ...]:
+    n_benign = int(np.count_nonzero(y_train == 1))
+    n_flipped = int(np.count_nonzero(corrupt(y_train) != y_train))
     return (
         Candidate(
             version=1,
             description="StandardScaler + LogisticRegression(C=1.0) on the scikit-learn breast-cancer data. "
             "Outputs: label (0 = malignant, 1 = benign) and probabilities [P(malignant), P(benign)].",
-            pipeline=Pipeline(
-                [
-                    ("scaler", StandardScaler()),
-                    ("classifier", LogisticRegression(C=1.0, max_iter=1000, random_state=MODEL_SEED)),
-                ]
-            ),
+            pipeline=logistic_regression(),
         ),
         Candidate(
             version=2,
@@ -147,6 +180,18 @@ def candidates() -> tuple[Candidate, ...]:
                     ),
                 ]
             ),
+        ),
+        Candidate(
+            version=3,
+            description="DELIBERATELY BAD demo candidate (for progressive-delivery gates to reject): "
+            "StandardScaler + LogisticRegression(C=1.0), the same model as version 1 (same latency), trained on "
+            f"corrupted labels. A seeded labelling bug (numpy default_rng({CORRUPTION_SEED})) marked "
+            f"{n_flipped} of the {n_benign} benign (1) training rows malignant (0); the features and the "
+            "training file are unchanged. Its accuracy and agreement with version 1 are clearly lower; metrics are "
+            "measured on the clean test set. "
+            "Outputs: label (0 = malignant, 1 = benign) and probabilities [P(malignant), P(benign)].",
+            pipeline=logistic_regression(),
+            corrupt_labels=True,
         ),
     )
 
@@ -213,6 +258,14 @@ def write(path: Path, content: bytes) -> None:
     print(f"wrote {path.relative_to(ROOT)} ({len(content)} bytes, sha256 {hashlib.sha256(content).hexdigest()[:12]})")
 
 
+def build_profile(version_dir: Path, train_csv: Path) -> None:
+    """Exactly `gateway profile --model-dir <version_dir> --data <train_csv> --label-column target` (default options:
+    20 bins, no timestamp, so the profile's bytes depend only on the model and the data)."""
+    argv = ["--model-dir", str(version_dir), "--data", str(train_csv), "--label-column", "target"]
+    if gateway_profile(argv) != 0:
+        raise SystemExit(f"gateway profile failed for {version_dir.relative_to(ROOT)}")
+
+
 def main() -> int:
     split = load_split()
     train_csv = csv_bytes(split.feature_names, split.x_train, split.y_train)
@@ -226,19 +279,30 @@ def main() -> int:
         DATA_DIR / "breast_cancer_shifted.csv": shifted_csv,
     }
     n_features = len(split.feature_names)
-    for candidate in candidates():
-        candidate.pipeline.fit(split.x_train, split.y_train)
+    version_dirs: list[Path] = []
+    baseline: IntArray | None = None  # version 1's test labels
+    for candidate in candidates(split.y_train):
+        candidate.pipeline.fit(split.x_train, corrupt(split.y_train) if candidate.corrupt_labels else split.y_train)
         onnx_bytes = export(candidate.pipeline, n_features)
         # The metrics are those of the exported model as served (float32 input), which verify() ties to sklearn's.
         label, probabilities = verify(onnx_bytes, candidate.pipeline, split.x_test)
         metrics = evaluate(split.y_test, label, probabilities)
-        print(f"version {candidate.version}: accuracy {metrics.accuracy:.4f}, roc_auc {metrics.roc_auc:.4f}")
+        baseline = label if baseline is None else baseline
+        agreement = float(np.mean(label == baseline))
+        print(
+            f"version {candidate.version}: accuracy {metrics.accuracy:.4f}, roc_auc {metrics.roc_auc:.4f}, "
+            f"label agreement with version 1 {agreement:.4f}"
+        )
         version_dir = MODEL_DIR / str(candidate.version)
+        version_dirs.append(version_dir)
         outputs[version_dir / "model.onnx"] = onnx_bytes
         outputs[version_dir / "metadata.json"] = metadata_bytes(candidate, split, train_sha256, metrics)
 
     for path, content in outputs.items():
         write(path, content)
+    # `gateway profile` reads model.onnx and metadata.json from disk, so the profiles come after everything else.
+    for version_dir in version_dirs:
+        build_profile(version_dir, DATA_DIR / "breast_cancer_train.csv")
     return 0
 
 

@@ -1,0 +1,1 @@
+"""Progressive delivery: staged rollouts whose gates are always-valid sequential tests."""
