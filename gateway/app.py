@@ -30,7 +30,6 @@ from gateway.config import GatewayConfig
 from gateway.dataplane import DataPlane
 from gateway.drift.monitor import DriftMonitor
 from gateway.drift.sampler import DriftSampler
-from gateway.drift.webhook import DriftWebhook
 from gateway.endpoints import (
     JSON,
     gateway_error,
@@ -41,7 +40,7 @@ from gateway.endpoints import (
     method_not_allowed,
     v2_routes,
 )
-from gateway.errors import ConfigError, GatewayError
+from gateway.errors import ConfigError, GatewayError, ProtocolError, UnknownModelError
 from gateway.loader import VersionLoader
 from gateway.metrics import Metrics
 from gateway.monitoring import DriftRegistry
@@ -49,7 +48,11 @@ from gateway.predlog import PredictionLog, PredictionLogMetrics, parse_predictio
 from gateway.protocol import strict_float_casts
 from gateway.publisher import Publisher
 from gateway.reloader import Reloader
+from gateway.rollout.collector import RolloutCollector
+from gateway.rollout.controller import ACTIONS
+from gateway.rollout.manager import RolloutManager, validate_job
 from gateway.shadow.runner import ShadowHub
+from gateway.webhook import Webhook
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +69,7 @@ class Settings:
     drift_interval: float = 0.05  # seconds the drift worker rests when its buffer is empty
     drift_buffer: int = 10_000  # sampled requests waiting for the drift worker; more are dropped and counted
     retire_grace: float = 30.0  # seconds a retired version's series stay, so its last requests are counted
+    rollout_tick: float = 0.1  # seconds between looks at the rollouts (each evaluates its gates every `interval`)
 
 
 def build_predlog(
@@ -123,18 +127,24 @@ def create_app(
     loader = VersionLoader(settings.onnx, executor, metrics, BatchingMetrics(registry))
     http = httpx.AsyncClient(timeout=10.0)
     sampler = DriftSampler(capacity=settings.drift_buffer, rng=random.Random(rng.random()))
-    webhook = DriftWebhook(http)
+    webhook = Webhook(http)
     monitor = DriftMonitor(sampler, registry, webhook=webhook)
     drift = DriftRegistry(monitor)
     shadows = ShadowHub(registry, sampler, random=random.Random(rng.random()).random)
+    rollout_webhook = Webhook(http)
+    rollouts = RolloutManager(
+        validator=validate_job, monitor=monitor, webhook=rollout_webhook, random=random.Random(rng.random()).random
+    )
+    registry.register(RolloutCollector(rollouts))
     publisher = Publisher(metrics, shadows)
+    publisher.planner = rollouts
     reloader = Reloader(
         loader,
         metrics,
         config_path=settings.config_path,
         model_repository=settings.model_repository,
         publisher=publisher,
-        on_swap=[drift.sync],
+        on_swap=[drift.sync, rollouts.sync],
         retire_grace=settings.retire_grace,
     )
     snapshot = reloader.start()
@@ -142,6 +152,8 @@ def create_app(
     predlog = build_predlog(config, settings, registry, random.Random(rng.random()))
     dataplane = DataPlane(snapshot, metrics, draw=random.Random(rng.random()).random, sampler=sampler, predlog=predlog)
     reloader.attach(dataplane)
+    rollouts.attach(reloader.republish)
+    reloader.republish()  # the rollouts synced after the first snapshot was built: wire their taps in
 
     async def metrics_endpoint(request: Request) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
@@ -153,6 +165,22 @@ def create_app(
 
     async def drift_endpoint(request: Request) -> Response:
         return JSON(monitor.snapshot_json())
+
+    async def rollouts_endpoint(request: Request) -> Response:
+        return JSON(rollouts.status())
+
+    async def rollout_endpoint(request: Request) -> Response:
+        route = request.path_params["route"]
+        controller = rollouts.controllers.get(route)
+        if controller is None:
+            raise UnknownModelError(f"route '{route}' has no rollout")
+        return JSON(rollouts.status_of(controller))
+
+    async def rollout_action_endpoint(request: Request) -> Response:
+        action = request.path_params["action"]
+        if action not in ACTIONS:
+            raise ProtocolError(f"unknown rollout action '{action}' (actions: {', '.join(ACTIONS)})")
+        return JSON(rollouts.act(request.path_params["route"], action))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -166,6 +194,8 @@ def create_app(
             task.add_done_callback(_report_failure)
 
         spawn(monitor.run(settings.drift_interval), "drift-monitor")
+        spawn(rollouts.run(settings.rollout_tick), "rollouts")
+        spawn(rollout_webhook.run(1.0), "rollout-webhook")
         if predlog is not None:
             spawn(predlog.run(), "prediction-log")
         if settings.config_path is not None and settings.watch:
@@ -181,6 +211,7 @@ def create_app(
                 loop.remove_signal_handler(signal.SIGHUP)
             await asyncio.gather(*tasks, return_exceptions=True)
             await shadows.aclose()
+            await rollouts.aclose()
             if predlog is not None:
                 await predlog.aclose()
             await http.aclose()
@@ -193,6 +224,9 @@ def create_app(
             Route("/metrics", metrics_endpoint, methods=["GET"]),
             Route("/admin/reload", reload_endpoint, methods=["POST"]),
             Route("/admin/drift", drift_endpoint, methods=["GET"]),
+            Route("/admin/rollouts", rollouts_endpoint, methods=["GET"]),
+            Route("/admin/rollouts/{route}", rollout_endpoint, methods=["GET"]),
+            Route("/admin/rollouts/{route}/{action}", rollout_action_endpoint, methods=["POST"]),
         ],
         exception_handlers={GatewayError: gateway_error, HTTPException: http_error, Exception: internal_error},
         lifespan=lifespan,
@@ -201,4 +235,5 @@ def create_app(
     app.state.reloader = reloader
     app.state.metrics = metrics
     app.state.registry = registry
+    app.state.rollouts = rollouts
     return GatewayApp(app, dataplane)

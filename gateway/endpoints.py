@@ -17,6 +17,7 @@ from gateway import __version__
 from gateway.dataplane import DataPlane, Reply
 from gateway.errors import (
     BackendError,
+    ConflictError,
     GatewayError,
     NotReadyError,
     OverloadedError,
@@ -36,6 +37,7 @@ STATUS: Mapping[type[GatewayError], int] = {
     ProtocolError: 400,
     UnknownModelError: 404,
     PayloadTooLargeError: 413,
+    ConflictError: 409,
     NotReadyError: 503,
     OverloadedError: 503,
     UnsupportedError: 501,

@@ -35,6 +35,10 @@ class OverloadedError(GatewayError):
         self.retry_after = retry_after
 
 
+class ConflictError(GatewayError):
+    """An action the target's current state does not allow (e.g. pausing a rollout that has already finished)."""
+
+
 class UnsupportedError(GatewayError):
     """A protocol extension or feature the gateway does not implement."""
 

@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Protocol
 
 from gateway.config import GatewayConfig, RouteConfig
+from gateway.generation import Generation
 from gateway.shadow.runner import Sink
 from gateway.shadow.settings import ShadowSettings
 from gateway.tap import Tap
@@ -64,8 +65,8 @@ def effective_config(config: GatewayConfig, plans: Mapping[str, RoutePlan]) -> G
 
 class Planner(Protocol):
     """Whoever decides plans other than the config's (the rollout manager). Called whenever a snapshot is built, on
-    the event loop; it must be quick and must not block."""
+    the event loop; it must be quick."""
 
-    def plan(self, config: GatewayConfig, shadows: Mapping[str, ShadowSettings | None]) -> Mapping[str, RoutePlan]:
+    def plan(self, generation: Generation) -> Mapping[str, RoutePlan]:
         """Plans for the routes it steers; routes it leaves out follow their config."""
         ...

@@ -37,7 +37,7 @@ class Publisher:
         shadows = generation.features.shadow
         plans = {name: config_plan(route, shadows.get(name)) for name, route in config.routes.items()}
         if self.planner is not None:
-            plans.update(self.planner.plan(config, shadows))
+            plans.update(self.planner.plan(generation))
         return plans
 
     def build(self, generation: Generation) -> Snapshot:

@@ -14,8 +14,8 @@ from gateway.drift.monitor import DriftMonitor
 from gateway.drift.profile import Profile, build_profile
 from gateway.drift.sampler import DriftKey, DriftSampler
 from gateway.drift.settings import DriftSettings
-from gateway.drift.webhook import DriftWebhook
 from gateway.signature import Signature, TensorSpec
+from gateway.webhook import Webhook
 
 SIGNATURE = Signature(
     (TensorSpec("input", "FP32", (-1, 3)),),
@@ -47,7 +47,7 @@ class _Clock:
         return self.now
 
 
-def _monitor(webhook: DriftWebhook | None = None) -> tuple[DriftMonitor, DriftSampler, CollectorRegistry]:
+def _monitor(webhook: Webhook | None = None) -> tuple[DriftMonitor, DriftSampler, CollectorRegistry]:
     registry = CollectorRegistry()
     sampler = DriftSampler(100_000, rng=random.Random(1))
     monitor = DriftMonitor(sampler, registry, clock=_Clock(), webhook=webhook, versions={KEY: (_profile(), SETTINGS)})
@@ -107,7 +107,7 @@ async def test_drift_turns_on_after_k_of_m_windows_then_off_with_webhooks() -> N
         return httpx.Response(204)
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(receive)) as client:
-        webhook = DriftWebhook(client)
+        webhook = Webhook(client)
         monitor, sampler, registry = _monitor(webhook)
         rng = np.random.default_rng(4)
         # A 1-sigma shift of input[0] (and so of both outputs) is flagged in every window of 500 rows.

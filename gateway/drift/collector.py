@@ -16,14 +16,14 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from gateway.drift.monitor import DriftMonitor, VersionSnapshot
-    from gateway.drift.webhook import DriftWebhook
+    from gateway.webhook import Webhook
 
 VERSION_LABELS = ("model", "version")
 FEATURE_LABELS = ("model", "version", "feature")
 
 
 class DriftCollector(Collector):
-    def __init__(self, monitor: DriftMonitor, webhook: DriftWebhook | None = None) -> None:
+    def __init__(self, monitor: DriftMonitor, webhook: Webhook | None = None) -> None:
         self._monitor = monitor
         self._webhook = webhook
 
@@ -146,7 +146,7 @@ class DriftCollector(Collector):
             yield _webhook_family(self._webhook, live=live)
 
 
-def _webhook_family(webhook: DriftWebhook, *, live: bool) -> Metric:
+def _webhook_family(webhook: Webhook, *, live: bool) -> Metric:
     family = CounterMetricFamily(
         "gateway_drift_webhook_deliveries", "Drift webhook notifications by outcome.", labels=("outcome",)
     )

@@ -23,7 +23,7 @@ from gateway.drift.evaluation import Persistence, WindowResult, evaluate_window
 from gateway.drift.profile import Profile, SlotCounts
 from gateway.drift.sampler import Arrays, DriftKey, DriftSampler, Sample
 from gateway.drift.settings import DriftSettings
-from gateway.drift.webhook import DriftWebhook
+from gateway.webhook import Webhook
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class DriftMonitor:
         registry: CollectorRegistry,
         *,
         clock: Callable[[], float] = time.time,
-        webhook: DriftWebhook | None = None,
+        webhook: Webhook | None = None,
         versions: Mapping[DriftKey, tuple[Profile, DriftSettings]] | None = None,
         batch_limit: int = 2048,
     ) -> None:

@@ -1,11 +1,11 @@
-"""The drift webhook: a bounded queue, bounded retries with backoff, never blocking the caller."""
+"""The webhook sender: a bounded queue, bounded retries with backoff, never blocking the caller."""
 
 from __future__ import annotations
 
 import httpx
 import pytest
 
-from gateway.drift.webhook import DriftWebhook
+from gateway.webhook import Webhook
 
 URL = "http://hooks.test/drift"
 
@@ -35,7 +35,7 @@ class _Sleeps:
 async def test_retries_transient_failures_with_backoff_then_delivers() -> None:
     receiver, sleeps = _Receiver(503, 0, 200), _Sleeps()
     async with httpx.AsyncClient(transport=httpx.MockTransport(receiver)) as client:
-        webhook = DriftWebhook(client, attempts=3, backoff=0.5, sleep=sleeps)
+        webhook = Webhook(client, attempts=3, backoff=0.5, sleep=sleeps)
         webhook.notify(URL, {"event": "drift_started"})
         assert await webhook.send_pending() == 1
     assert receiver.calls == 3 and sleeps.delays == [0.5, 1.0]
@@ -46,7 +46,7 @@ async def test_retries_transient_failures_with_backoff_then_delivers() -> None:
 async def test_gives_up_after_the_last_attempt_and_moves_on() -> None:
     receiver, sleeps = _Receiver(500, 500, 500, 200), _Sleeps()
     async with httpx.AsyncClient(transport=httpx.MockTransport(receiver)) as client:
-        webhook = DriftWebhook(client, attempts=3, sleep=sleeps)
+        webhook = Webhook(client, attempts=3, sleep=sleeps)
         webhook.notify(URL, {"n": 1})
         webhook.notify(URL, {"n": 2})
         assert await webhook.send_pending() == 1
@@ -57,7 +57,7 @@ async def test_gives_up_after_the_last_attempt_and_moves_on() -> None:
 async def test_client_errors_are_not_retried() -> None:
     receiver, sleeps = _Receiver(400), _Sleeps()
     async with httpx.AsyncClient(transport=httpx.MockTransport(receiver)) as client:
-        webhook = DriftWebhook(client, sleep=sleeps)
+        webhook = Webhook(client, sleep=sleeps)
         webhook.notify(URL, {"n": 1})
         assert await webhook.send_pending() == 0
     assert receiver.calls == 1 and sleeps.delays == [] and webhook.failed == 1
@@ -66,7 +66,7 @@ async def test_client_errors_are_not_retried() -> None:
 @pytest.mark.anyio
 async def test_a_full_queue_drops_and_counts() -> None:
     async with httpx.AsyncClient(transport=httpx.MockTransport(_Receiver())) as client:
-        webhook = DriftWebhook(client, max_pending=2)
+        webhook = Webhook(client, max_pending=2)
         for n in range(5):
             webhook.notify(URL, {"n": n})
         assert (webhook.pending, webhook.dropped) == (2, 3)

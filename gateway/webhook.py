@@ -1,4 +1,4 @@
-"""Drift webhook: POST a JSON body when a version's drift verdict turns on or off.
+"""Webhook sender: POST a JSON body to a URL (a drift verdict turned on or off, a rollout changed phase).
 
 `notify` only appends to a bounded queue (thread-safe, never blocks, counts what it drops when full); `send_pending`
 delivers what is queued with bounded retries and backoff, on the event loop, so neither the request path nor the
@@ -19,7 +19,7 @@ import orjson
 logger = logging.getLogger(__name__)
 
 
-class DriftWebhook:
+class Webhook:
     def __init__(
         self,
         client: httpx.AsyncClient,
@@ -85,6 +85,6 @@ class DriftWebhook:
             if attempt < self._attempts:
                 await self._sleep(delay)
                 delay *= 2
-        logger.warning("drift webhook %s: giving up: %s", url, problem)
+        logger.warning("webhook %s: giving up: %s", url, problem)
         self.failed += 1
         return False

@@ -1,0 +1,269 @@
+"""The live gates: one step's observations -> a verdict per gate, candidate against baseline.
+
+Every noisy figure is judged by an always-valid test (gateway/rollout/statistics.py) at level `alpha`, so the
+controller may look every few seconds without inflating its false alarms. A gate FAILS only on evidence that its
+threshold is broken and PASSES only on evidence that it holds; in between it is INCONCLUSIVE and the step waits for
+more traffic (up to the progress deadline). A gate that cannot apply to the step is SKIPPED.
+
+In a shadow step the candidate's figures come from the shadow copies (its failures and timeouts, its model time
+paired with the primary's on the same requests, its answers against the primary's); once the candidate serves live
+traffic they come from what it served, against what the baseline served in the same step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+from scipy import special
+
+from gateway.drift.statistics import js_distance
+from gateway.prediction import Task
+from gateway.rollout.observations import StepObservations
+from gateway.rollout.settings import Gates, Step
+from gateway.rollout.statistics import (
+    LATENCY_EDGES,
+    count_above,
+    histogram_quantile,
+    proportion_bounds,
+    proportion_test,
+)
+
+GateVerdict = Literal["pass", "fail", "inconclusive", "skipped"]
+GATE_VERDICTS: tuple[GateVerdict, ...] = ("pass", "fail", "inconclusive", "skipped")
+GATES = ("error_rate", "error_rate_increase", "p99_latency_ratio", "shadow_agreement", "drift", "prediction_shift")
+QUANTILE = 0.99
+REGRESSION_BINS = 10
+
+
+@dataclass(frozen=True, slots=True)
+class GateResult:
+    name: str
+    verdict: GateVerdict
+    value: float | None = None
+    threshold: float | None = None
+    samples: int = 0
+    detail: str = ""
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "gate": self.name,
+            "verdict": self.verdict,
+            "value": _finite(self.value),
+            "threshold": self.threshold,
+            "samples": self.samples,
+            "detail": self.detail,
+        }
+
+    def describe(self) -> str:
+        value = "n/a" if self.value is None else f"{self.value:.4g}"
+        return f"{self.name} {value} ({self.detail})" if self.detail else f"{self.name} {value}"
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else value
+
+
+def evaluate(gates: Gates, step: Step, observations: StepObservations) -> tuple[GateResult, ...]:
+    """Every gate's verdict on the step so far, in a fixed order."""
+    live = step.weight > 0
+    return (
+        _error_rate(gates, observations, live),
+        _error_rate_increase(gates, observations, live),
+        _latency_ratio(gates, observations, live),
+        _agreement(gates, observations, step),
+        _drift(gates, observations),
+        _prediction_shift(gates, observations, live),
+    )
+
+
+def _candidate_errors(observations: StepObservations, live: bool) -> tuple[int, int]:
+    if live:
+        return observations.candidate.errors, observations.candidate.requests
+    shadow = observations.shadow
+    return shadow.failed + shadow.timed_out, shadow.answered
+
+
+def _too_few(name: str, threshold: float, n: int, minimum: int, what: str) -> GateResult | None:
+    if n < minimum:
+        return GateResult(name, "inconclusive", None, threshold, n, f"{n} of {minimum} {what} needed")
+    return None
+
+
+def _error_rate(gates: Gates, observations: StepObservations, live: bool) -> GateResult:
+    name, limit = "error_rate", gates.max_error_rate
+    if limit is None:
+        return GateResult(name, "skipped", detail="off")
+    errors, n = _candidate_errors(observations, live)
+    early = _too_few(name, limit, n, gates.min_samples, "candidate requests")
+    if early is not None:
+        return early
+    rate = errors / n
+    low, high = proportion_bounds(errors, n, min(0.5, 2 * gates.alpha))
+    detail = f"{errors} of {n}, confidence [{low:.4f}, {high:.4f}]"
+    if limit <= 0.0:
+        verdict: GateVerdict = "fail" if errors else "pass"
+        return GateResult(name, verdict, rate, limit, n, detail)
+    if limit >= 1.0:
+        return GateResult(name, "pass", rate, limit, n, detail)
+    test = proportion_test(errors, n, limit, gates.alpha)
+    return GateResult(name, _by_side(test, fail_when="above"), rate, limit, n, detail)
+
+
+def _by_side(test: str, *, fail_when: str) -> GateVerdict:
+    if test == "undecided":
+        return "inconclusive"
+    return "fail" if test == fail_when else "pass"
+
+
+def _error_rate_increase(gates: Gates, observations: StepObservations, live: bool) -> GateResult:
+    """Candidate rate <= baseline rate + margin. The baseline's own rate is a confidence interval at alpha/2 (its
+    edges set the two thresholds), the candidate is tested at alpha/2 against the edge that makes each verdict safe:
+    fail only if it is above even the baseline's upper bound plus the margin, pass only if below the lower one."""
+    name, margin = "error_rate_increase", gates.max_error_rate_increase
+    if margin is None:
+        return GateResult(name, "skipped", detail="off")
+    errors, n = _candidate_errors(observations, live)
+    base_errors, base_n = observations.baseline.errors, observations.baseline.requests
+    early = _too_few(name, margin, min(n, base_n), gates.min_samples, "requests per version")
+    if early is not None:
+        return early
+    half = gates.alpha / 2
+    base_low, base_high = proportion_bounds(base_errors, base_n, half)
+    value = errors / n - base_errors / base_n
+    detail = f"candidate {errors}/{n}, baseline {base_errors}/{base_n} (confidence [{base_low:.4f}, {base_high:.4f}])"
+    fail_at = base_high + margin
+    pass_at = base_low + margin
+    if fail_at < 1.0 and proportion_test(errors, n, fail_at, half) == "above":
+        return GateResult(name, "fail", value, margin, n, detail)
+    if pass_at >= 1.0 or proportion_test(errors, n, pass_at, half) == "below":
+        return GateResult(name, "pass", value, margin, n, detail)
+    return GateResult(name, "inconclusive", value, margin, n, detail)
+
+
+def _latency_ratio(gates: Gates, observations: StepObservations, live: bool) -> GateResult:
+    """p99(candidate) <= ratio * p99(baseline). The baseline's p99 is bracketed at alpha/2 (order statistics); then
+    "p99(candidate) > x" is "more than 1 % of the candidate's requests are slower than x", a proportion tested at
+    alpha/2 against the bracket's edge that makes each verdict safe, counting bins conservatively each way."""
+    name, ratio = "p99_latency_ratio", gates.max_p99_latency_ratio
+    if ratio is None:
+        return GateResult(name, "skipped", detail="off")
+    if live:
+        candidate, baseline = observations.candidate.latency, observations.baseline.latency
+        what = "request latency"
+    else:
+        candidate, baseline = observations.shadow.shadow_latency, observations.shadow.primary_latency
+        what = "model time, paired shadow copies"
+    n, base_n = int(candidate.sum()), int(baseline.sum())
+    early = _too_few(name, ratio, min(n, base_n), gates.min_samples, f"samples per version ({what})")
+    if early is not None:
+        return early
+    half = gates.alpha / 2
+    tail = 1.0 - QUANTILE
+    base_p99, base_low, base_high = histogram_quantile(baseline, LATENCY_EDGES, QUANTILE, half)
+    cand_p99, _, _ = histogram_quantile(candidate, LATENCY_EDGES, QUANTILE, half)
+    value = cand_p99 / base_p99 if base_p99 > 0 else math.inf
+    detail = f"p99 {cand_p99 * 1e3:.3g} ms vs {base_p99 * 1e3:.3g} ms ({what}; {n} and {base_n} samples)"
+    if math.isfinite(base_high):
+        slower = count_above(candidate, LATENCY_EDGES, ratio * base_high, "low")
+        if proportion_test(slower, n, tail, half) == "above":
+            return GateResult(name, "fail", value, ratio, n, detail)
+    if base_low > 0:
+        slower = count_above(candidate, LATENCY_EDGES, ratio * base_low, "high")
+        if proportion_test(slower, n, tail, half) == "below":
+            return GateResult(name, "pass", value, ratio, n, detail)
+    return GateResult(name, "inconclusive", value, ratio, n, detail)
+
+
+def _agreement(gates: Gates, observations: StepObservations, step: Step) -> GateResult:
+    name, floor = "shadow_agreement", gates.min_shadow_agreement
+    if floor is None:
+        return GateResult(name, "skipped", detail="off")
+    if step.shadow <= 0:
+        return GateResult(name, "skipped", None, floor, detail="no shadow copies in this step")
+    shadow = observations.shadow
+    early = _too_few(name, floor, shadow.rows, gates.min_samples, "compared rows")
+    if early is not None:
+        return early
+    value = shadow.agreed / shadow.rows
+    detail = f"{shadow.agreed} of {shadow.rows} rows agree"
+    if floor >= 1.0:
+        return GateResult(name, "pass" if shadow.agreed == shadow.rows else "fail", value, floor, shadow.rows, detail)
+    test = proportion_test(shadow.agreed, shadow.rows, floor, gates.alpha)
+    return GateResult(name, _by_side(test, fail_when="below"), value, floor, shadow.rows, detail)
+
+
+def _drift(gates: Gates, observations: StepObservations) -> GateResult:
+    name = "drift"
+    if not gates.block_on_drift:
+        return GateResult(name, "skipped", detail="off")
+    drift = observations.drift
+    if not drift.monitored:
+        return GateResult(name, "skipped", detail="drift monitoring is off for the candidate (no drift: or profile)")
+    if drift.drifting:
+        features = ", ".join(drift.drifted_features) or "see /admin/drift"
+        return GateResult(name, "fail", 1.0, 0.0, drift.windows, f"the candidate is drifting ({features})")
+    if drift.windows == 0:
+        return GateResult(name, "inconclusive", None, 0.0, 0, "no drift window has closed for the candidate yet")
+    return GateResult(name, "pass", 0.0, 0.0, drift.windows, f"not drifting after {drift.windows} window(s)")
+
+
+def _prediction_shift(gates: Gates, observations: StepObservations, live: bool) -> GateResult:
+    """JS distance between the candidate's and the baseline's prediction distributions (labels, or values in
+    deciles of both). Fails when the distance is over the limit AND a G-test of homogeneity says it is no noise
+    (p < alpha); passes when the distance is within the limit."""
+    name, limit = "prediction_shift", gates.max_prediction_shift_js
+    if limit is None:
+        return GateResult(name, "skipped", detail="off")
+    if live:
+        mine, theirs = observations.candidate.predictions, observations.baseline.predictions
+    else:
+        mine, theirs = observations.shadow.shadow_predictions, observations.shadow.primary_predictions
+    n, base_n = int(mine.shape[0]), int(theirs.shape[0])
+    early = _too_few(name, limit, min(n, base_n), gates.min_samples, "predictions per version")
+    if early is not None:
+        return early
+    counts, base_counts = _histograms(observations.task, mine, theirs)
+    distance = js_distance(base_counts, counts)
+    p = _g_test(counts, base_counts)
+    detail = f"JS distance over {len(counts)} bins, G-test p = {p:.2g} ({n} and {base_n} predictions)"
+    if distance > limit and p < gates.alpha:
+        return GateResult(name, "fail", distance, limit, n, detail)
+    if distance <= limit:
+        return GateResult(name, "pass", distance, limit, n, detail)
+    return GateResult(name, "inconclusive", distance, limit, n, detail)
+
+
+def _histograms(
+    task: Task, mine: npt.NDArray[Any], theirs: npt.NDArray[Any]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    if task == "classification":
+        labels = np.union1d(mine, theirs)
+        return _label_counts(mine, labels), _label_counts(theirs, labels)
+    a = np.asarray(mine, dtype=np.float64).reshape(mine.shape[0], -1)[:, 0]
+    b = np.asarray(theirs, dtype=np.float64).reshape(theirs.shape[0], -1)[:, 0]
+    edges = np.unique(np.quantile(np.concatenate((a, b)), np.linspace(0, 1, REGRESSION_BINS + 1)[1:-1]))
+    return (
+        np.bincount(np.searchsorted(edges, a, side="right"), minlength=len(edges) + 1).astype(np.int64),
+        np.bincount(np.searchsorted(edges, b, side="right"), minlength=len(edges) + 1).astype(np.int64),
+    )
+
+
+def _label_counts(values: npt.NDArray[Any], labels: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
+    return np.bincount(np.searchsorted(labels, values), minlength=len(labels)).astype(np.int64)
+
+
+def _g_test(a: npt.NDArray[np.int64], b: npt.NDArray[np.int64]) -> float:
+    """p-value of the G-test of homogeneity of two count vectors over the same bins."""
+    table = np.vstack((a, b)).astype(np.float64)
+    table = table[:, table.sum(axis=0) > 0]
+    if table.shape[1] < 2:
+        return 1.0
+    expected = table.sum(axis=1, keepdims=True) * table.sum(axis=0, keepdims=True) / table.sum()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(table > 0, table * np.log(table / expected), 0.0)
+    statistic = 2.0 * float(terms.sum())
+    return float(special.chdtrc(table.shape[1] - 1, statistic))
