@@ -40,7 +40,7 @@ from gateway.endpoints import (
     method_not_allowed,
     v2_routes,
 )
-from gateway.errors import ConfigError, GatewayError, ProtocolError, UnknownModelError
+from gateway.errors import ConfigError, GatewayError, ProtocolError
 from gateway.loader import VersionLoader
 from gateway.metrics import Metrics
 from gateway.monitoring import DriftRegistry
@@ -170,11 +170,7 @@ def create_app(
         return JSON(rollouts.status())
 
     async def rollout_endpoint(request: Request) -> Response:
-        route = request.path_params["route"]
-        controller = rollouts.controllers.get(route)
-        if controller is None:
-            raise UnknownModelError(f"route '{route}' has no rollout")
-        return JSON(rollouts.status_of(controller))
+        return JSON(rollouts.status_of(rollouts.controller(request.path_params["route"])))
 
     async def rollout_action_endpoint(request: Request) -> Response:
         action = request.path_params["action"]

@@ -1,4 +1,4 @@
-"""`gateway serve | validate | profile`: the command line."""
+"""`gateway serve | validate | profile | rollout`: the command line."""
 
 from __future__ import annotations
 
@@ -7,9 +7,14 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
 from gateway.drift import command as profile_command
+from gateway.rollout import command as rollout_command
+
+if TYPE_CHECKING:
+    from gateway.generation import Generation
 
 logger = logging.getLogger("gateway")
 
@@ -87,7 +92,8 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def validate(args: argparse.Namespace) -> int:
-    """Parse, check and load every model version the config names, exactly as a reload would; non-zero on faults."""
+    """Parse, check and load every model version the config names, exactly as a reload would, then run each rollout's
+    pre-traffic validation as the gateway would before the candidate gets traffic; non-zero on any fault or failure."""
     from concurrent.futures import ThreadPoolExecutor
 
     from prometheus_client import CollectorRegistry
@@ -96,29 +102,89 @@ def validate(args: argparse.Namespace) -> int:
     from gateway.batching import BatchingMetrics
     from gateway.config import load_config
     from gateway.errors import GatewayError
-    from gateway.generation import parse_features
+    from gateway.generation import Generation, parse_features
     from gateway.loader import VersionLoader
     from gateway.metrics import Metrics
     from gateway.routing import RoutingTable
 
+    as_json: bool = args.json
     try:
         config = load_config(args.path)
         RoutingTable.from_config(config)
-        parse_features(config)
+        features = parse_features(config)
         registry = CollectorRegistry()
         metrics = Metrics(registry, build_version=__version__, runtime_version=runtime_version())
         with ThreadPoolExecutor(max_workers=1) as executor:
             loader = VersionLoader(OnnxOptions(), executor, metrics, BatchingMetrics(registry))
             loaded, _ = loader.load_all(config, {}, strict=True)
     except GatewayError as exc:
+        if as_json:
+            print(_json_text({"config": str(args.path), "valid": False, "passed": False, "error": str(exc)}))
         print(f"invalid: {exc}", file=sys.stderr)
         return 1
+    versions: list[dict[str, Any]] = []
     for (model, version), item in sorted(loaded.items()):
         sig = item.served.backend.signature
-        inputs = ", ".join(f"{s.name} {s.describe()}" for s in sig.inputs)
-        print(f"ok: {model} version {version}: {inputs}")
-    print(f"{args.path}: valid, {len(config.routes)} route(s), {len(loaded)} version(s) loaded")
-    return 0
+        versions.append({"model": model, "version": version, "inputs": {s.name: s.describe() for s in sig.inputs}})
+        if not as_json:
+            inputs = ", ".join(f"{s.name} {s.describe()}" for s in sig.inputs)
+            print(f"ok: {model} version {version}: {inputs}")
+    # The same generation a reload would install; validation reads the loaded versions and the features from it.
+    generation = Generation(0, config, "", loaded, {}, features)
+    routes = {name: _validate_route(generation, name, quiet=as_json) for name in sorted(config.routes)}
+    failed = [name for name, outcome in routes.items() if outcome["passed"] is False]
+    if as_json:
+        document = {"config": str(args.path), "valid": True, "passed": not failed, "error": None}
+        print(_json_text({**document, "versions": versions, "routes": routes}))
+        return 1 if failed else 0
+    checked = sum(outcome["validation"] is not None for outcome in routes.values())
+    verdict = f"validation failed on route(s) {', '.join(failed)}" if failed else f"{checked} validation(s) passed"
+    print(f"{args.path}: valid, {len(config.routes)} route(s), {len(loaded)} version(s) loaded; {verdict}")
+    return 1 if failed else 0
+
+
+def _validate_route(generation: Generation, name: str, *, quiet: bool) -> dict[str, Any]:
+    """Run route `name`'s pre-traffic validation (when its rollout has a validate block), printing each check's line
+    and the summary unless `quiet`; the route's outcome as JSON (`passed` is None when there is nothing to validate)."""
+    from gateway.rollout.manager import identity_of, validation_job, validation_report
+
+    def said(text: str) -> None:
+        if not quiet:
+            print(text)
+
+    settings = generation.features.rollout.get(name)
+    if settings is None or settings.validate is None:
+        why = "no rollout block" if settings is None else f"the rollout of {settings.candidate} has no validate block"
+        said(f"route {name}: no validate block ({why})")
+        return {"rollout": settings is not None, "passed": None, "summary": why, "validation": None}
+    identity = identity_of(generation, name, settings)
+    job = validation_job(generation, name, settings)
+    if identity is None or job is None:  # not reached after a strict load_all, which raises first
+        summary = "validation failed: the candidate or the baseline is not loaded"
+        said(f"route {name}: {summary}")
+        return {"rollout": True, "passed": False, "summary": summary, "validation": None}
+    outcome: dict[str, Any] = {
+        "rollout": True,
+        "candidate": {"name": identity.candidate, "version": identity.candidate_version},
+        "baseline": {"name": identity.baseline, "version": identity.baseline_version},
+    }
+    said(f"route {name}: validating {identity.describe()} on {job.settings.golden_set or 'no golden set'}")
+    try:
+        report = validation_report(job)
+    except Exception as exc:  # as in the manager: a crash fails this candidate and the other routes still run
+        summary = f"validation failed: {type(exc).__name__}: {exc}"
+        said(f"  {summary}")
+        return {**outcome, "passed": False, "summary": summary, "validation": None}
+    for line in report.lines():
+        said(f"  {line}")
+    said(f"  {report.summary()}")
+    return {**outcome, "passed": report.passed, "summary": report.summary(), "validation": report.to_json()}
+
+
+def _json_text(document: dict[str, Any]) -> str:
+    import orjson
+
+    return orjson.dumps(document, option=orjson.OPT_INDENT_2).decode()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -128,8 +194,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     _serve_parser(sub)
     v = sub.add_parser("validate", help="validate a config and load its models, as a reload would")
     v.add_argument("path", type=Path)
+    v.add_argument("--json", action="store_true", help="print one JSON document (each route's report) for CI")
     p = sub.add_parser("profile", help="build a drift reference profile for a model version from its training data")
     profile_command.add_arguments(p)
+    r = sub.add_parser("rollout", help="show or steer a running gateway's rollouts (status, pause, resume, ...)")
+    rollout_command.add_arguments(r)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=getattr(args, "log_level", "info").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -142,6 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return validate(args)
     if args.command == "profile":
         return profile_command.run(args)
+    if args.command == "rollout":
+        return rollout_command.run(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

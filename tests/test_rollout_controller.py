@@ -116,15 +116,29 @@ def test_steps_advance_only_when_every_gate_passed_the_duration_elapsed_and_min_
     validated(controller, clock)
     assert phase(controller) == "shadowing" and controller.traffic() == Traffic(0.0, 100.0)
     clock.now += 29
+    assert not look(controller, clock, "pass", "inconclusive")  # a gate still undecided
     assert not look(controller, clock, "pass", "pass")  # duration not reached
     clock.now += 1
-    assert not look(controller, clock, "pass", "inconclusive")  # a gate still undecided
     assert not look(controller, clock, "pass", "pass", requests=499)  # too few requests
-    assert not look(controller, clock, "pass", "skipped", requests=499)
     assert look(controller, clock, "pass", "skipped", requests=500)
     assert phase(controller) == "progressing" and controller.state.step == 1
     assert controller.traffic() == Traffic(0.05, 0.0)
     assert controller.state.step_started_at == clock.now
+
+
+def test_a_gate_that_passed_in_the_step_stays_passed_but_a_failure_still_counts() -> None:
+    controller, clock = make()
+    validated(controller, clock)
+    clock.now += 30
+    assert not look(controller, clock, "pass", "inconclusive")
+    assert not look(controller, clock, "inconclusive", "fail")  # g0 latched; g1's failure counts
+    assert controller.state.failed_checks == 1
+    assert [r.verdict for r in controller.results] == ["pass", "fail"]
+    assert "passed earlier in the step" in controller.results[0].detail
+    assert look(controller, clock, "inconclusive", "pass")  # both have passed in this step: on to the next
+    assert controller.state.step == 1
+    assert not look(controller, clock, "inconclusive", "pass")  # a new step starts with nothing latched
+    assert controller.results[0].verdict == "inconclusive"
 
 
 def test_the_last_step_passing_promotes_the_candidate() -> None:

@@ -14,8 +14,14 @@ pause -> paused -> resume; promote -> succeeded; abort -> aborted; retry (failed
 
 Decisions, in order, at each evaluation of a step: any gate FAILED counts one failed check (at `failure_limit` the
 rollout fails: the candidate's weight goes to 0 and every sticky user is back on the baseline); else, when every gate
-passed (or is skipped), the step's duration has passed and the candidate has answered `min_requests`, the next step
-begins; else, past the progress deadline (counted from the step's start) the rollout fails; else it waits.
+has passed in this step (or is skipped), the step's duration has passed and the candidate has answered
+`min_requests`, the next step begins; else, past the progress deadline (counted from the step's start) the rollout
+fails; else it waits.
+
+A gate that passed once in a step stays passed for that step: its test is always valid, so stopping at the first
+look that shows the evidence keeps its level (that is what "always valid" buys), whereas asking every gate to pass at
+the same look would wait on the noise of whichever fell back below its line. A failure is never latched away: a
+gate that passed and later fails still counts a failed check.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from gateway.errors import ConflictError
 from gateway.rollout.gates import GateResult, evaluate
 from gateway.rollout.observations import Recorder, StepObservations
 from gateway.rollout.settings import RolloutSettings, Step
-from gateway.rollout.state import Identity, Phase, RolloutState, Transition
+from gateway.rollout.state import MAX_HISTORY, Identity, Phase, RolloutState, Transition
 
 Action: TypeAlias = Literal["pause", "resume", "promote", "abort", "retry"]
 ACTIONS: tuple[Action, ...] = get_args(Action)
@@ -115,6 +121,7 @@ class RolloutController:
         self.results: tuple[GateResult, ...] = ()  # the latest evaluation's
         self.requests = 0  # the latest evaluation's count towards min_requests
         self.validating = False  # a validation job is running
+        self._passed: set[str] = set()  # gates that have passed in the current step
         self._next = now
         self._renew_recorder()
 
@@ -156,10 +163,11 @@ class RolloutController:
         self._next = now + settings.interval
         if state.phase not in ("shadowing", "progressing") or evaluation.step != state.step:
             return False  # the state moved (an admin action, a reload) while the evaluation ran
-        self.results, self.requests = evaluation.results, evaluation.requests
+        results = self._latched(evaluation.results)
+        self.results, self.requests = results, evaluation.requests
         step = settings.step(state.step)
         number = f"step {state.step + 1} of {len(settings.steps)} ({step.describe()})"
-        failed = [r for r in evaluation.results if r.verdict == "fail"]
+        failed = [r for r in results if r.verdict == "fail"]
         if failed:
             checks = state.failed_checks + 1
             what = "; ".join(r.describe() for r in failed)
@@ -170,7 +178,7 @@ class RolloutController:
             self._state = dataclasses.replace(state, failed_checks=checks, reason=f"failed check {checks}: {what}")
             return False
         elapsed = now - state.step_started_at
-        waiting = [r for r in evaluation.results if r.verdict == "inconclusive"]
+        waiting = [r for r in results if r.verdict == "inconclusive"]
         ready = not waiting and elapsed >= step.duration and evaluation.requests >= step.min_requests
         if ready:
             if state.step + 1 >= len(settings.steps):
@@ -183,6 +191,18 @@ class RolloutController:
             )  # fmt: skip
             return self._finish("failed", now, f"progress deadline passed at {number}, still waiting on: {why}")
         return False
+
+    def _latched(self, results: tuple[GateResult, ...]) -> tuple[GateResult, ...]:
+        out = []
+        for result in results:
+            if result.verdict == "pass":
+                self._passed.add(result.name)
+            elif result.verdict == "inconclusive" and result.name in self._passed:
+                result = dataclasses.replace(
+                    result, verdict="pass", detail=f"{result.detail}; passed earlier in the step"
+                )
+            out.append(result)
+        return tuple(out)
 
     # --- transitions -------------------------------------------------------------------------------------------
 
@@ -215,6 +235,7 @@ class RolloutController:
             self._state = state.moved(
                 resumed, now, "resumed by an operator", resume_to=None, manual_weight=None, step_started_at=now
             )
+            self._passed.clear()
             self._renew_recorder()
         elif action == "promote":
             if phase == "succeeded":
@@ -244,8 +265,14 @@ class RolloutController:
             self._state = dataclasses.replace(state, manual_weight=weight)
 
     def restart(self, identity: Identity, now: float, reason: str) -> None:
-        self._state = fresh_state(self.route, identity, self._settings, now, reason)
+        """Start over from validation (a retry): the earlier attempts stay in the history."""
+        old = self._state
+        fresh = fresh_state(self.route, identity, self._settings, now, reason)
+        first = dataclasses.replace(fresh.history[0], source=old.phase)
+        history = (*old.history, first, *fresh.history[1:])[-MAX_HISTORY:]
+        self._state = dataclasses.replace(fresh, history=history)
         self.results, self.requests, self.validating = (), 0, False
+        self._passed.clear()
         self._renew_recorder()
 
     def update_settings(self, settings: RolloutSettings, now: float) -> bool:
@@ -266,6 +293,7 @@ class RolloutController:
         step = self._settings.steps[index]
         self._state = self._state.moved(_step_phase(step), now, reason, step=index, step_started_at=now)
         self.results, self.requests = (), 0
+        self._passed.clear()
         self._next = now + self._settings.interval
         self._renew_recorder()
         return True
@@ -274,6 +302,7 @@ class RolloutController:
         checks = self._state.failed_checks if failed_checks is None else failed_checks
         self._state = self._state.moved(phase, now, reason, failed_checks=checks, resume_to=None, manual_weight=None)
         self._replace_recorder(None)
+        self._passed.clear()
         return True
 
     def _renew_recorder(self) -> None:

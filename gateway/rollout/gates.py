@@ -1,9 +1,13 @@
 """The live gates: one step's observations -> a verdict per gate, candidate against baseline.
 
-Every noisy figure is judged by an always-valid test (gateway/rollout/statistics.py) at level `alpha`, so the
-controller may look every few seconds without inflating its false alarms. A gate FAILS only on evidence that its
-threshold is broken and PASSES only on evidence that it holds; in between it is INCONCLUSIVE and the step waits for
-more traffic (up to the progress deadline). A gate that cannot apply to the step is SKIPPED.
+Every noisy figure is judged by an always-valid test (gateway/rollout/statistics.py), so the controller may look
+every few seconds without inflating its error rates. A gate FAILS only on evidence at level `alpha` that its
+threshold is broken (a good candidate is rolled back by a gate with probability at most alpha, however long it is
+watched) and PASSES only on evidence at level `pass_alpha` that it holds (a candidate sitting exactly on the
+threshold passes a step with probability at most pass_alpha; a worse one, less, and it must pass every step); in
+between it is INCONCLUSIVE and the step waits for more traffic (up to the progress deadline). The two levels differ
+on purpose: a false failure throws a good release away, a false pass only lets a candidate on to the next step,
+where it is judged again on more traffic. A gate that cannot apply to the step is SKIPPED.
 
 In a shadow step the candidate's figures come from the shadow copies (its failures and timeouts, its model time
 paired with the primary's on the same requests, its answers against the primary's); once the candidate serves live
@@ -26,10 +30,11 @@ from gateway.rollout.observations import StepObservations
 from gateway.rollout.settings import Gates, Step
 from gateway.rollout.statistics import (
     LATENCY_EDGES,
+    Side,
     count_above,
     histogram_quantile,
+    log_evidence,
     proportion_bounds,
-    proportion_test,
 )
 
 GateVerdict = Literal["pass", "fail", "inconclusive", "skipped"]
@@ -70,6 +75,18 @@ def _finite(value: float | None) -> float | None:
 def evaluate(gates: Gates, step: Step, observations: StepObservations) -> tuple[GateResult, ...]:
     """Every gate's verdict on the step so far, in a fixed order."""
     live = step.weight > 0
+    if step.weight >= 100 and step.shadow <= 0:
+        # The baseline serves nothing here: the comparisons were made on the steps before; this step soaks the
+        # candidate at full traffic on its absolute gates (errors, drift).
+        alone = "the baseline serves no traffic in this step"
+        return (
+            _error_rate(gates, observations, live),
+            GateResult("error_rate_increase", "skipped", detail=alone),
+            GateResult("p99_latency_ratio", "skipped", detail=alone),
+            _agreement(gates, observations, step),
+            _drift(gates, observations),
+            GateResult("prediction_shift", "skipped", detail=alone),
+        )
     return (
         _error_rate(gates, observations, live),
         _error_rate_increase(gates, observations, live),
@@ -109,20 +126,25 @@ def _error_rate(gates: Gates, observations: StepObservations, live: bool) -> Gat
         return GateResult(name, verdict, rate, limit, n, detail)
     if limit >= 1.0:
         return GateResult(name, "pass", rate, limit, n, detail)
-    test = proportion_test(errors, n, limit, gates.alpha)
-    return GateResult(name, _by_side(test, fail_when="above"), rate, limit, n, detail)
+    return GateResult(name, _judge(gates, errors, n, limit, fail_when="above"), rate, limit, n, detail)
 
 
-def _by_side(test: str, *, fail_when: str) -> GateVerdict:
-    if test == "undecided":
-        return "inconclusive"
-    return "fail" if test == fail_when else "pass"
+def _judge(gates: Gates, successes: int, n: int, p0: float, *, fail_when: Side) -> GateVerdict:
+    """Fail on evidence at `alpha` that the rate is on the `fail_when` side of p0; pass on evidence at `pass_alpha`
+    that it is on the other side."""
+    pass_side: Side = "below" if fail_when == "above" else "above"
+    if log_evidence(successes, n, p0, fail_when) >= -math.log(gates.alpha):
+        return "fail"
+    if log_evidence(successes, n, p0, pass_side) >= -math.log(gates.pass_alpha):
+        return "pass"
+    return "inconclusive"
 
 
 def _error_rate_increase(gates: Gates, observations: StepObservations, live: bool) -> GateResult:
-    """Candidate rate <= baseline rate + margin. The baseline's own rate is a confidence interval at alpha/2 (its
-    edges set the two thresholds), the candidate is tested at alpha/2 against the edge that makes each verdict safe:
-    fail only if it is above even the baseline's upper bound plus the margin, pass only if below the lower one."""
+    """Candidate rate <= baseline rate + margin. The baseline's own rate is a confidence interval (its edges set the
+    two thresholds), and the candidate is tested against the edge that makes each verdict safe: fail only if it is
+    above even the baseline's upper bound plus the margin, pass only if below the lower one; each level is split in
+    half between the baseline's interval and the candidate's test."""
     name, margin = "error_rate_increase", gates.max_error_rate_increase
     if margin is None:
         return GateResult(name, "skipped", detail="off")
@@ -131,23 +153,25 @@ def _error_rate_increase(gates: Gates, observations: StepObservations, live: boo
     early = _too_few(name, margin, min(n, base_n), gates.min_samples, "requests per version")
     if early is not None:
         return early
-    half = gates.alpha / 2
-    base_low, base_high = proportion_bounds(base_errors, base_n, half)
+    # Each bound is one side of a two-sided interval at twice its level: alpha / 2 on that side.
+    _, base_high = proportion_bounds(base_errors, base_n, gates.alpha)
+    base_low, _ = proportion_bounds(base_errors, base_n, gates.pass_alpha)
     value = errors / n - base_errors / base_n
     detail = f"candidate {errors}/{n}, baseline {base_errors}/{base_n} (confidence [{base_low:.4f}, {base_high:.4f}])"
     fail_at = base_high + margin
     pass_at = base_low + margin
-    if fail_at < 1.0 and proportion_test(errors, n, fail_at, half) == "above":
+    if fail_at < 1.0 and log_evidence(errors, n, fail_at, "above") >= -math.log(gates.alpha / 2):
         return GateResult(name, "fail", value, margin, n, detail)
-    if pass_at >= 1.0 or proportion_test(errors, n, pass_at, half) == "below":
+    if pass_at >= 1.0 or log_evidence(errors, n, pass_at, "below") >= -math.log(gates.pass_alpha / 2):
         return GateResult(name, "pass", value, margin, n, detail)
     return GateResult(name, "inconclusive", value, margin, n, detail)
 
 
 def _latency_ratio(gates: Gates, observations: StepObservations, live: bool) -> GateResult:
-    """p99(candidate) <= ratio * p99(baseline). The baseline's p99 is bracketed at alpha/2 (order statistics); then
-    "p99(candidate) > x" is "more than 1 % of the candidate's requests are slower than x", a proportion tested at
-    alpha/2 against the bracket's edge that makes each verdict safe, counting bins conservatively each way."""
+    """p99(candidate) <= ratio * p99(baseline). The baseline's p99 is bracketed by order statistics; then
+    "p99(candidate) > x" is "more than 1 % of the candidate's requests are slower than x", a proportion tested
+    against the bracket's edge that makes each verdict safe, counting bins conservatively each way; each level is
+    split in half between the bracket and the test."""
     name, ratio = "p99_latency_ratio", gates.max_p99_latency_ratio
     if ratio is None:
         return GateResult(name, "skipped", detail="off")
@@ -161,19 +185,20 @@ def _latency_ratio(gates: Gates, observations: StepObservations, live: bool) -> 
     early = _too_few(name, ratio, min(n, base_n), gates.min_samples, f"samples per version ({what})")
     if early is not None:
         return early
-    half = gates.alpha / 2
     tail = 1.0 - QUANTILE
-    base_p99, base_low, base_high = histogram_quantile(baseline, LATENCY_EDGES, QUANTILE, half)
-    cand_p99, _, _ = histogram_quantile(candidate, LATENCY_EDGES, QUANTILE, half)
+    # histogram_quantile's level is two-sided: each edge of the bracket holds at half of it, as the test does.
+    base_p99, _, base_high = histogram_quantile(baseline, LATENCY_EDGES, QUANTILE, gates.alpha)
+    _, base_low, _ = histogram_quantile(baseline, LATENCY_EDGES, QUANTILE, gates.pass_alpha)
+    cand_p99, _, _ = histogram_quantile(candidate, LATENCY_EDGES, QUANTILE, gates.alpha)
     value = cand_p99 / base_p99 if base_p99 > 0 else math.inf
     detail = f"p99 {cand_p99 * 1e3:.3g} ms vs {base_p99 * 1e3:.3g} ms ({what}; {n} and {base_n} samples)"
     if math.isfinite(base_high):
         slower = count_above(candidate, LATENCY_EDGES, ratio * base_high, "low")
-        if proportion_test(slower, n, tail, half) == "above":
+        if log_evidence(slower, n, tail, "above") >= -math.log(gates.alpha / 2):
             return GateResult(name, "fail", value, ratio, n, detail)
     if base_low > 0:
         slower = count_above(candidate, LATENCY_EDGES, ratio * base_low, "high")
-        if proportion_test(slower, n, tail, half) == "below":
+        if log_evidence(slower, n, tail, "below") >= -math.log(gates.pass_alpha / 2):
             return GateResult(name, "pass", value, ratio, n, detail)
     return GateResult(name, "inconclusive", value, ratio, n, detail)
 
@@ -192,8 +217,8 @@ def _agreement(gates: Gates, observations: StepObservations, step: Step) -> Gate
     detail = f"{shadow.agreed} of {shadow.rows} rows agree"
     if floor >= 1.0:
         return GateResult(name, "pass" if shadow.agreed == shadow.rows else "fail", value, floor, shadow.rows, detail)
-    test = proportion_test(shadow.agreed, shadow.rows, floor, gates.alpha)
-    return GateResult(name, _by_side(test, fail_when="below"), value, floor, shadow.rows, detail)
+    verdict = _judge(gates, shadow.agreed, shadow.rows, floor, fail_when="below")
+    return GateResult(name, verdict, value, floor, shadow.rows, detail)
 
 
 def _drift(gates: Gates, observations: StepObservations) -> GateResult:

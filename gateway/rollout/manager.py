@@ -37,7 +37,7 @@ from gateway.rollout.controller import (
 from gateway.rollout.observations import LocalRecorder, Recorder, Side
 from gateway.rollout.settings import RolloutSettings, Validation
 from gateway.rollout.state import Identity, Phase, RolloutState, load_state, save_state
-from gateway.rollout.validation import validate_candidate
+from gateway.rollout.validation import ValidationReport, validate_candidate
 from gateway.shadow.settings import DEFAULT as DEFAULT_SHADOW, CompareSettings, ShadowSettings
 from gateway.webhook import Webhook
 
@@ -71,12 +71,17 @@ class ValidationOutcome:
 Validator = Callable[[ValidationJob], ValidationOutcome]
 
 
-def validate_job(job: ValidationJob) -> ValidationOutcome:
-    """The default validator: every check of gateway/rollout/validation.py on the job's golden set."""
-    report = validate_candidate(
+def validation_report(job: ValidationJob) -> ValidationReport:
+    """Every check of gateway/rollout/validation.py on the job's golden set (blocking: a worker thread's work)."""
+    return validate_candidate(
         job.candidate.backend, job.baseline.backend, job.settings, reader=job.reader, compare=job.compare,
         profile=job.profile, drift=job.drift, feature_names=job.feature_names,
     )  # fmt: skip
+
+
+def validate_job(job: ValidationJob) -> ValidationOutcome:
+    """The default validator."""
+    report = validation_report(job)
     return ValidationOutcome(report.passed, report.summary(), report.to_json())
 
 
@@ -240,7 +245,7 @@ class RolloutManager:
                 settings, state, recorders=self._recorder_factory(name), closed=self._closed(name), now=now
             )
             self._controllers[name] = controller
-            self._recorded(controller, None)
+            self._recorded(controller, None, since=now)
         self.republish()
 
     def _resumed(self, state: RolloutState, now: float) -> RolloutState:
@@ -375,31 +380,23 @@ class RolloutManager:
 
     def _job(self, name: str, controller: RolloutController) -> ValidationJob | None:
         generation = self._generation
-        settings = controller.settings
-        if generation is None or settings.validate is None:
+        if generation is None:
             return None
-        route = generation.config.routes[name]
-        candidate = self._served(generation, route, settings.candidate)
-        baseline = self._served(generation, route, route.split.baseline)
-        if candidate is None or baseline is None:
-            return None
-        names = candidate.source.metadata.get("feature_names")
-        features = tuple(str(n) for n in names) if isinstance(names, list | tuple) else None
-        return ValidationJob(
-            route=name, candidate=candidate, baseline=baseline, settings=settings.validate,
-            reader=self._reader(generation, name, candidate),
-            compare=(generation.features.shadow.get(name) or DEFAULT_SHADOW).compare,
-            profile=candidate.profile, drift=generation.features.drift[name], feature_names=features,
-        )  # fmt: skip
+        return validation_job(generation, name, controller.settings)
 
     # --- operator actions --------------------------------------------------------------------------------------
 
-    def act(self, route: str, action: Action) -> dict[str, Any]:
+    def controller(self, route: str) -> RolloutController:
+        """The rollout of `route`; UnknownModelError naming the routes that have one."""
         controller = self._controllers.get(route)
         if controller is None:
             raise UnknownModelError(
-                f"route '{route}' has no rollout (routes with one: {', '.join(self._controllers) or 'none'})"
+                f"route '{route}' has no rollout (routes with one: {', '.join(sorted(self._controllers)) or 'none'})"
             )
+        return controller
+
+    def act(self, route: str, action: Action) -> dict[str, Any]:
+        controller = self.controller(route)
         before = controller.state
         controller.act(action, self._clock())
         self._recorded(controller, before, republish=True)
@@ -407,19 +404,27 @@ class RolloutManager:
 
     # --- after every change ------------------------------------------------------------------------------------
 
-    def _recorded(self, controller: RolloutController, before: RolloutState | None, *, republish: bool = False) -> None:
-        """Persist, count, notify and republish what changed since `before`."""
+    def _recorded(
+        self,
+        controller: RolloutController,
+        before: RolloutState | None,
+        *,
+        republish: bool = False,
+        since: float | None = None,
+    ) -> None:
+        """Persist, count, notify and republish what changed since `before` (a new controller: since `since`)."""
         state = controller.state
         if state == before:
             return
         settings = controller.settings
         if settings.state_file is not None:
             self._write(settings.state_file, state)
-        new_entries = (
-            state.history[len(before.history) :]
-            if before is not None and state.history[: len(before.history)] == before.history
-            else state.history[-1:]
-        )
+        if before is None:
+            new_entries = tuple(t for t in state.history if since is not None and t.at >= since)
+        elif state.history[: len(before.history)] == before.history:
+            new_entries = state.history[len(before.history) :]
+        else:  # the history was trimmed at its cap
+            new_entries = state.history[-1:]
         for entry in new_entries:
             if entry.source != entry.target:
                 key = (state.route, entry.target)
@@ -493,7 +498,7 @@ class RolloutManager:
         now = self._clock()
         identity = state.identity
         step: dict[str, Any] | None = None
-        if state.step >= 0:
+        if state.step >= 0 and state.active:
             current = settings.step(state.step)
             step = {
                 "index": state.step + 1,
@@ -539,6 +544,26 @@ class RolloutManager:
 
     def phases(self) -> dict[str, Phase]:
         return {name: c.state.phase for name, c in self._controllers.items()}
+
+
+def validation_job(generation: Generation, name: str, settings: RolloutSettings) -> ValidationJob | None:
+    """Route `name`'s validation job in `generation`: None without a validate block, or when the candidate or the
+    baseline is not loaded. `gateway validate` builds its jobs here too, so it checks what the gateway would."""
+    if settings.validate is None:
+        return None
+    route = generation.config.routes[name]
+    candidate = RolloutManager._served(generation, route, settings.candidate)
+    baseline = RolloutManager._served(generation, route, route.split.baseline)
+    if candidate is None or baseline is None:
+        return None
+    names = candidate.source.metadata.get("feature_names")
+    features = tuple(str(n) for n in names) if isinstance(names, list | tuple) else None
+    return ValidationJob(
+        route=name, candidate=candidate, baseline=baseline, settings=settings.validate,
+        reader=RolloutManager._reader(generation, name, candidate),
+        compare=(generation.features.shadow.get(name) or DEFAULT_SHADOW).compare,
+        profile=candidate.profile, drift=generation.features.drift[name], feature_names=features,
+    )  # fmt: skip
 
 
 def _config_share(route: RouteConfig, name: str, *, exclude: str) -> float:

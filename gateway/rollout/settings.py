@@ -40,7 +40,7 @@ _KEYS = (
 _STEP_KEYS = ("weight", "shadow", "duration", "min_requests")
 _GATE_KEYS = (
     "max_error_rate", "max_error_rate_increase", "max_p99_latency_ratio", "min_shadow_agreement", "block_on_drift",
-    "max_prediction_shift_js", "alpha", "min_samples",
+    "max_prediction_shift_js", "alpha", "pass_alpha", "min_samples",
 )  # fmt: skip
 _VALIDATE_KEYS = (
     "golden_set", "label_column", "group_column", "min_metric", "max_metric", "max_metric_drop", "min_agreement",
@@ -73,9 +73,10 @@ class Step:
 class Gates:
     """Candidate against baseline on the current step's traffic; None switches a gate off.
 
-    Each noisy figure is judged by an always-valid test at level `alpha` (gateway/rollout/statistics.py): a gate
-    fails only on evidence that its threshold is broken, passes only on evidence that it holds, and is
-    inconclusive in between (the step waits, up to the progress deadline).
+    Each noisy figure is judged by an always-valid test (gateway/rollout/statistics.py): a gate fails only on
+    evidence at level `alpha` that its threshold is broken, passes only on evidence at level `pass_alpha` that it
+    holds, and is inconclusive in between (the step waits, up to the progress deadline). See gates.py for why the
+    two levels differ.
     """
 
     max_error_rate: float | None = 0.01
@@ -85,6 +86,7 @@ class Gates:
     block_on_drift: bool = True
     max_prediction_shift_js: float | None = 0.10
     alpha: float = 0.001
+    pass_alpha: float = 0.05
     min_samples: int = 100  # per arm, before a gate may decide at all
 
 
@@ -215,6 +217,7 @@ def _parse_gates(data: object, path: str) -> Gates:
             block, "max_prediction_shift_js", default.max_prediction_shift_js, path, low=0, high=1, open_low=True
         ),
         alpha=fields.number(block, "alpha", default.alpha, path, low=0.0, high=0.5, open_low=True),
+        pass_alpha=fields.number(block, "pass_alpha", default.pass_alpha, path, low=0.0, high=0.5, open_low=True),
         min_samples=fields.integer(block, "min_samples", default.min_samples, path, low=1),
     )
 

@@ -109,6 +109,11 @@ def log_evidence(successes: int, n: int, p0: float, side: Side) -> float:
     _check_counts(successes, n)
     _check_probability("p0", p0)
     _check_side(side)
+    return _log_evidence(successes, n, p0, side)
+
+
+def _log_evidence(successes: int, n: int, p0: float, side: Side) -> float:
+    """log_evidence without the argument checks: the searches below call it a few hundred times per gate."""
     if n == 0:
         return 0.0
     a, b = prior_strength(p0)
@@ -118,13 +123,18 @@ def log_evidence(successes: int, n: int, p0: float, side: Side) -> float:
         return -math.inf
     # log1p keeps (n - S) log(1 - p0) exact for tiny p0, where it is the term that matters.
     log_null = (successes * math.log(p0) if successes else 0.0) + (failures * math.log1p(-p0) if failures else 0.0)
-    return float(
-        special.betaln(a + successes, b + failures)
-        - special.betaln(a, b)
+    return (
+        _log_beta(a + successes, b + failures)
+        - _log_beta(a, b)
         + log_post_mass
         - _log_side_mass(a, b, p0, side)
         - log_null
     )
+
+
+def _log_beta(a: float, b: float) -> float:
+    # math.lgamma on floats is ~10x cheaper than the scipy ufunc on scalars; exact enough (a, b > 0, sums < 1e8).
+    return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
 
 
 def proportion_test(successes: int, n: int, p0: float, alpha: float) -> Verdict:
@@ -144,7 +154,7 @@ def proportion_test(successes: int, n: int, p0: float, alpha: float) -> Verdict:
 
 
 def _rejects(successes: int, n: int, p0: float, side: Side, threshold: float) -> bool:
-    return log_evidence(successes, n, p0, side) >= threshold
+    return _log_evidence(successes, n, p0, side) >= threshold
 
 
 def _nearest_accepted(successes: int, n: int, side: Side, threshold: float, start: float, stop: float) -> float:
@@ -161,7 +171,7 @@ def _nearest_accepted(successes: int, n: int, side: Side, threshold: float, star
     edge = start - toward * _P_FLOOR  # the last point before `start`
 
     def excess(p0: float) -> float:
-        return max(log_evidence(successes, n, p0, side) - threshold, -1e300)
+        return max(_log_evidence(successes, n, p0, side) - threshold, -1e300)
 
     if excess(edge) < 0.0:
         return start  # nothing is rejected all the way to `start`
