@@ -9,7 +9,8 @@ import logging
 import os
 import random
 import signal
-from collections.abc import AsyncIterator, Coroutine
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,8 +118,10 @@ def create_app(
     *,
     registry: CollectorRegistry | None = None,
     seed: int | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> GatewayApp:
-    """Build the whole gateway. `seed` fixes every random draw (routing, drift and log sampling) for tests."""
+    """Build the whole gateway. `seed` fixes every random draw (routing, drift and log sampling) and `clock` is the
+    rollouts' time (tests fake both)."""
     registry = registry if registry is not None else CollectorRegistry()
     strict_float_casts()
     rng = random.Random(seed)
@@ -133,7 +136,11 @@ def create_app(
     shadows = ShadowHub(registry, sampler, random=random.Random(rng.random()).random)
     rollout_webhook = Webhook(http)
     rollouts = RolloutManager(
-        validator=validate_job, monitor=monitor, webhook=rollout_webhook, random=random.Random(rng.random()).random
+        validator=validate_job,
+        clock=clock,
+        monitor=monitor,
+        webhook=rollout_webhook,
+        random=random.Random(rng.random()).random,
     )
     registry.register(RolloutCollector(rollouts))
     publisher = Publisher(metrics, shadows)

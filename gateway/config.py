@@ -79,6 +79,7 @@ class SplitConfig:
     baseline: str
     sticky: StickyConfig | None = None
     overrides: tuple[OverrideConfig, ...] = ()
+    written: frozenset[str] = frozenset()  # the versions whose weight the file states (a rollout watches these)
 
 
 @dataclass(frozen=True, slots=True)
@@ -470,7 +471,9 @@ def _parse_split(
         return None
     # Every version gets a weight, in declaration order; the ones not named are dark (pin or override only).
     weights = MappingProxyType({name: declared.get(name, 0) for name in versions})
-    return SplitConfig(weights=weights, baseline=baseline, sticky=sticky, overrides=overrides)
+    return SplitConfig(
+        weights=weights, baseline=baseline, sticky=sticky, overrides=overrides, written=frozenset(declared)
+    )
 
 
 def _version_ref(value: object, path: str, versions: Mapping[str, VersionSpec] | None, faults: _Faults) -> str | None:

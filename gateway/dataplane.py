@@ -12,6 +12,7 @@ from gateway.drift.profile import Profile
 from gateway.drift.sampler import DriftKey, DriftSampler
 from gateway.errors import (
     GatewayError,
+    ModelRejectedError,
     NotReadyError,
     OverloadedError,
     PayloadTooLargeError,
@@ -110,6 +111,7 @@ class Reply(NamedTuple):  # one per request: a tuple is the cheapest immutable v
 # Outcome label per error class; the most specific class in the MRO wins.
 _OUTCOME: Mapping[type[GatewayError], str] = {
     ProtocolError: "invalid_request",
+    ModelRejectedError: "model_rejected",
     PayloadTooLargeError: "invalid_request",
     UnknownModelError: "not_found",
     NotReadyError: "unavailable",

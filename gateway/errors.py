@@ -11,6 +11,12 @@ class ProtocolError(GatewayError):
     """A request that does not follow the Open Inference Protocol or the model's signature (bad input)."""
 
 
+class ModelRejectedError(ProtocolError):
+    """The model itself refused an input that matched its signature (a value it cannot handle, such as an index out
+    of range): still the client's 400, but counted apart, since a new version that refuses what the old one served
+    is a regression a rollout must see."""
+
+
 class PayloadTooLargeError(GatewayError):
     """A request body over the configured limit."""
 

@@ -16,7 +16,9 @@ LATENCY_BUCKETS: Final = (
 )  # fmt: skip
 
 # Bounded outcome vocabulary (Triton's failure reasons, in our words).
-OUTCOMES: Final = ("success", "invalid_request", "not_found", "unavailable", "rejected", "unsupported", "error")
+OUTCOMES: Final = (
+    "success", "invalid_request", "model_rejected", "not_found", "unavailable", "rejected", "unsupported", "error",
+)  # fmt: skip
 
 UNKNOWN: Final = "_unknown"  # label value for requests that name no served model: bounded, never the raw name
 

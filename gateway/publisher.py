@@ -46,12 +46,9 @@ class Publisher:
         table = RoutingTable.from_config(config)
         served = {key: loaded.served for key, loaded in generation.loaded.items()}
         decisions: dict[tuple[str, str, str], DecisionRecord] = {}
-        shadowing: set[tuple[str, str]] = set()
         for name, route in table.routes.items():
             plan = plans[name]
             lane = self._lane(generation, name, route, plan, served)
-            if lane is not None:
-                shadowing.add((name, lane.version))
             for target in route.targets:
                 shadow = lane if lane is not None and target.name != lane.version else None
                 tap = plan.taps.get(target.name)
@@ -61,7 +58,9 @@ class Publisher:
                         counter, name, target.name, target.version, reason, shadow=shadow, tap=tap
                     )
         if self._shadows is not None:
-            self._shadows.retain(shadowing)
+            # A shadow's series stay while its route still has the version (a finished rollout's final counts are
+            # still scraped); they go with the version.
+            self._shadows.retain((name, version) for name, route in config.routes.items() for version in route.versions)
         self._publish_weights(plans)
         return Snapshot(generation.number, table, served, decisions, config.server.max_body_bytes)
 

@@ -65,3 +65,69 @@ def affine_repository(root: Path, versions: dict[int, float], model: str = "affi
     for version, scale in versions.items():
         affine(root / model / str(version) / "model.onnx", scale=scale)
     return root
+
+
+def faulty(path: Path, *, scale: float = 2.0, shift: float = 1.0, features: int = 4, valid_below: int = 4) -> Path:
+    """`affine`, except that a row whose first value is >= `valid_below` (or < 0) makes onnxruntime refuse the run
+    (a Gather out of range): a candidate that errors on some inputs."""
+    table = numpy_helper.from_array(np.zeros((valid_below,), dtype=np.float32), "table")
+    constants = [
+        table,
+        numpy_helper.from_array(np.array(scale, dtype=np.float32), "scale"),
+        numpy_helper.from_array(np.array(shift, dtype=np.float32), "shift"),
+        numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero"),
+        numpy_helper.from_array(np.array([0], dtype=np.int64), "starts"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "ends"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "axes"),
+    ]
+    nodes = [
+        helper.make_node("Slice", ["X", "starts", "ends", "axes"], ["first"]),
+        helper.make_node("Cast", ["first"], ["index"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["table", "index"], ["picked"]),
+        helper.make_node("Mul", ["picked", "zero"], ["nothing"]),
+        helper.make_node("Mul", ["X", "scale"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "shift"], ["moved"]),
+        helper.make_node("Add", ["moved", "nothing"], ["Y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "faulty",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, features])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, features])],
+        initializer=constants,
+    )
+    return _save(helper.make_model(graph, opset_imports=_OPSET), path)
+
+
+def slow(
+    path: Path, *, scale: float = 2.0, shift: float = 1.0, features: int = 4, width: int = 384, layers: int = 12
+) -> Path:
+    """`affine`'s answer after `layers` square MatMuls of `width` whose result is multiplied by zero: the same outputs,
+    about width * width * layers multiply-adds per row slower (a millisecond or so on one core)."""
+    rng = np.random.default_rng(0)
+    constants = [
+        numpy_helper.from_array(np.array(scale, dtype=np.float32), "scale"),
+        numpy_helper.from_array(np.array(shift, dtype=np.float32), "shift"),
+        numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero"),
+        numpy_helper.from_array(rng.normal(0, 0.05, (features, width)).astype(np.float32), "w_in"),
+        numpy_helper.from_array(rng.normal(0, 0.05, (width, width)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.normal(0, 0.05, (width, features)).astype(np.float32), "w_out"),
+    ]
+    nodes = [helper.make_node("MatMul", ["X", "w_in"], ["h0"])]
+    for i in range(layers):
+        nodes.append(helper.make_node("MatMul", [f"h{i}", "w"], [f"h{i + 1}"]))
+    nodes += [
+        helper.make_node("MatMul", [f"h{layers}", "w_out"], ["busy"]),
+        helper.make_node("Mul", ["busy", "zero"], ["nothing"]),
+        helper.make_node("Mul", ["X", "scale"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "shift"], ["moved"]),
+        helper.make_node("Add", ["moved", "nothing"], ["Y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, features])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, features])],
+        initializer=constants,
+    )
+    return _save(helper.make_model(graph, opset_imports=_OPSET), path)

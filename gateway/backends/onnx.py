@@ -15,7 +15,7 @@ import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from gateway.backends import Arrays, Execution
-from gateway.errors import BackendError, ModelLoadError, OverloadedError, ProtocolError
+from gateway.errors import BackendError, ModelLoadError, ModelRejectedError, OverloadedError
 from gateway.protocol import DTYPES
 from gateway.signature import Signature, TensorSpec
 
@@ -159,7 +159,7 @@ class OnnxBackend:
         try:
             values = self._run(self._output_names, inputs, self._run_options)
         except InvalidArgument as exc:
-            raise ProtocolError(f"the model rejected the input: {_first_line(exc)}") from exc
+            raise ModelRejectedError(f"the model rejected the input: {_first_line(exc)}") from exc
         except Exception as exc:
             raise BackendError(f"onnxruntime failed: {_first_line(exc)}") from exc
         seconds = perf_counter() - start

@@ -259,16 +259,19 @@ class RolloutManager:
     def _hand_edit(
         self, controller: RolloutController, generation: Generation, previous: Generation | None, now: float
     ) -> None:
+        """Writing the candidate's weight into the file, or changing it there, hands the weights to the file: the
+        rollout pauses (see RolloutController.hand_edit). An unchanged file leaves the rollout in charge."""
         if previous is None:
             return
         name, candidate = controller.route, controller.settings.candidate
         old = previous.config.routes.get(name)
-        new = generation.config.routes[name]
-        if old is None or candidate not in old.split.weights:
+        if old is None:
             return
-        before, after = old.split.weights[candidate], new.split.weights.get(candidate, 0.0)
-        if before != after and controller.state.active:
-            controller.hand_edit(after, now)
+        new = generation.config.routes[name].split
+        before = (candidate in old.split.written, old.split.weights.get(candidate, 0.0))
+        after = (candidate in new.written, new.weights.get(candidate, 0.0))
+        if before != after and after[0] and controller.state.active:
+            controller.hand_edit(after[1], now)
 
     def _retire(self, name: str) -> None:
         self._controllers.pop(name).close()

@@ -28,8 +28,9 @@ from gateway.tap import Tap
 
 logger = logging.getLogger(__name__)
 
-# Server-side failures: what a candidate is to blame for. A malformed request (400) or an unknown model is not.
-ERROR_OUTCOMES: Final = ("error", "unavailable", "rejected")
+# What a candidate is to blame for: server-side failures, and inputs its model refused although they matched its
+# signature (a version that refuses what the baseline serves is a regression). A malformed request is not.
+ERROR_OUTCOMES: Final = ("error", "unavailable", "rejected", "model_rejected")
 ANSWERED_OUTCOMES: Final = ("success", *ERROR_OUTCOMES)
 MAX_PREDICTIONS = 50_000  # per arm and step: enough for any distribution gate, bounded memory
 MAX_PENDING_SHADOW = 50_000
