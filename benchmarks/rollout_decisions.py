@@ -3,7 +3,7 @@ and the real gates (gateway/rollout/controller.py, gates.py, statistics.py); onl
 
 Each simulated second brings `rate` requests (Poisson). A step's share of them goes to the candidate, the rest to the
 baseline; in a shadow step a share of the baseline's requests is also copied to the candidate. Errors are Bernoulli,
-latencies log-normal (request latency and, for shadow copies, model time, both scaled by the scenario's slowdown),
+latencies log-normal (scaled by the scenario's slowdown for the candidate, shadow copies included),
 labels Bernoulli, and a candidate's label differs from the baseline's on a request with probability
 1 - agreement. The baseline's latency and labels are sampled at the rate the gateway's tap uses (the candidate's
 share over the baseline's), so both arms bring about as many samples as in the gateway.
@@ -66,7 +66,6 @@ class World:
     baseline_errors: float = 0.005
     candidate_errors: float = 0.005
     latency_ms: float = 5.0  # median request latency of the baseline
-    model_ms: float = 1.0  # median model time of the baseline (what a shadow copy is timed on)
     sigma: float = 0.3  # log-normal spread of both
     slowdown: float = 1.0  # the candidate's latencies are the baseline's times this
     positive: float = 0.63  # share of label 1 in the baseline's answers
@@ -147,11 +146,11 @@ class SimRecorder:
         self._shadow_counts["completed"] += completed
         self._rows += completed
         self._agreed += int(rng.binomial(completed, world.agreement))
-        model = world.model_ms / 1e3
-        self._paired["primary"] += latency_counts(model * np.exp(rng.normal(0.0, world.sigma, completed)))
-        self._paired["shadow"] += latency_counts(
-            model * world.slowdown * np.exp(rng.normal(0.0, world.sigma, completed))
-        )
+        # The gateway pairs each copy's request latency with the same request's on the candidate (the primary's
+        # model time swapped for the candidate's); here the candidate's whole request is `slowdown` times slower.
+        seconds = world.latency_ms / 1e3 * np.exp(rng.normal(0.0, world.sigma, completed))
+        self._paired["primary"] += latency_counts(seconds)
+        self._paired["shadow"] += latency_counts(seconds * world.slowdown)
         if sum(len(p) for p in self._paired_labels["primary"]) < MAX_PREDICTIONS:
             primary = (rng.random(completed) < world.positive).astype(np.int64)
             flip = rng.random(completed) >= world.agreement

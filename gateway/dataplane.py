@@ -219,7 +219,7 @@ class DataPlane:
             self._sampler.offer(served.drift_key, inputs, produced)
             shadow = record.shadow
             if shadow is not None:
-                shadow.offer(inputs, produced, execution.compute_seconds)
+                shadow.offer(inputs, produced, execution.compute_seconds, elapsed)
             tap = record.tap
             if tap is not None:
                 tap.offer(elapsed, produced)

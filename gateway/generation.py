@@ -6,6 +6,7 @@ half applied.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -15,6 +16,8 @@ from gateway.errors import ConfigError
 from gateway.loader import Key, Loaded
 from gateway.rollout.settings import RolloutSettings, parse_rollout_settings
 from gateway.shadow.settings import ShadowSettings, parse_shadow_settings
+
+_PLAIN = re.compile(r"[A-Za-z0-9_-]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +45,11 @@ class Generation:
         return self.features.drift
 
 
+def route_path(name: str) -> str:
+    """`routes.fraud`, or `routes['fraud.v2']` when the name would make the dotted path ambiguous (as config.py)."""
+    return f"routes.{name}" if _PLAIN.fullmatch(name) else f"routes[{name!r}]"
+
+
 def parse_features(config: GatewayConfig) -> Features:
     """Settings other modules own, validated before any model loads so a fault rejects the file by its key."""
     drift: dict[str, DriftSettings] = {}
@@ -53,10 +61,10 @@ def parse_features(config: GatewayConfig) -> Features:
             first = batching.setdefault((route.model, spec.version), (name, route.batching))
             if first[1] != route.batching:
                 raise ConfigError(
-                    f"{config.source}: routes.{name}.batching: model {route.model} version {spec.version} is also"
+                    f"{config.source}: {route_path(name)}.batching: model {route.model} version {spec.version} is also"
                     f" served by route {first[0]} with other batching settings; one version has one batcher"
                 )
-        path = f"routes.{name}"
+        path = route_path(name)
         versions = tuple(route.versions)
         baseline = route.split.baseline
         try:

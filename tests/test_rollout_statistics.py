@@ -26,6 +26,7 @@ from gateway.rollout.statistics import (
     log_evidence,
     normal_mixture_bounds,
     prior_strength,
+    proportion_bound,
     proportion_bounds,
     proportion_test,
     quantile_rank_bounds,
@@ -509,3 +510,10 @@ def test_normal_mixture_bounds_cover_an_aa_difference_at_every_look() -> None:
 def test_bad_arguments_are_refused_by_name(call: Callable[[], object], name: str) -> None:
     with pytest.raises(ValueError, match=rf"\b{name}\b"):
         call()
+
+
+def test_proportion_bound_is_one_edge_of_the_two_sided_bounds_at_half_the_level() -> None:
+    for successes, n in ((0, 1000), (30, 1000), (1000, 1000), (0, 0)):
+        low, high = proportion_bounds(successes, n, 0.02)
+        assert proportion_bound(successes, n, 0.01, "lower") == low
+        assert proportion_bound(successes, n, 0.01, "upper") == high

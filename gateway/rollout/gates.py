@@ -9,9 +9,10 @@ between it is INCONCLUSIVE and the step waits for more traffic (up to the progre
 on purpose: a false failure throws a good release away, a false pass only lets a candidate on to the next step,
 where it is judged again on more traffic. A gate that cannot apply to the step is SKIPPED.
 
-In a shadow step the candidate's figures come from the shadow copies (its failures and timeouts, its model time
-paired with the primary's on the same requests, its answers against the primary's); once the candidate serves live
-traffic they come from what it served, against what the baseline served in the same step.
+In a shadow step the candidate's figures come from the shadow copies (its failures and timeouts; the latency the
+request would have had on it, i.e. the primary's request with the primary's model time swapped for the candidate's;
+its answers against the primary's on the same requests); once the candidate serves live traffic they come from what
+it served, against what the baseline served in the same step. So a latency gate means request latency throughout.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from gateway.rollout.statistics import (
     count_above,
     histogram_quantile,
     log_evidence,
+    proportion_bound,
     proportion_bounds,
 )
 
@@ -153,9 +155,8 @@ def _error_rate_increase(gates: Gates, observations: StepObservations, live: boo
     early = _too_few(name, margin, min(n, base_n), gates.min_samples, "requests per version")
     if early is not None:
         return early
-    # Each bound is one side of a two-sided interval at twice its level: alpha / 2 on that side.
-    _, base_high = proportion_bounds(base_errors, base_n, gates.alpha)
-    base_low, _ = proportion_bounds(base_errors, base_n, gates.pass_alpha)
+    base_high = proportion_bound(base_errors, base_n, gates.alpha / 2, "upper")
+    base_low = proportion_bound(base_errors, base_n, gates.pass_alpha / 2, "lower")
     value = errors / n - base_errors / base_n
     detail = f"candidate {errors}/{n}, baseline {base_errors}/{base_n} (confidence [{base_low:.4f}, {base_high:.4f}])"
     fail_at = base_high + margin
@@ -168,10 +169,14 @@ def _error_rate_increase(gates: Gates, observations: StepObservations, live: boo
 
 
 def _latency_ratio(gates: Gates, observations: StepObservations, live: bool) -> GateResult:
-    """p99(candidate) <= ratio * p99(baseline). The baseline's p99 is bracketed by order statistics; then
-    "p99(candidate) > x" is "more than 1 % of the candidate's requests are slower than x", a proportion tested
-    against the bracket's edge that makes each verdict safe, counting bins conservatively each way; each level is
-    split in half between the bracket and the test."""
+    """p99(candidate) <= ratio * p99(baseline), as a proportion: "p99(candidate) > x" is "more than 1 % of the
+    candidate's requests are slower than x", tested always-valid, counting bins conservatively each way.
+
+    To fail, x is ratio times the upper edge of the baseline's p99 bracket (order statistics, at alpha / 2; the test
+    takes the other alpha / 2): a failure holds whatever the baseline's true p99. To pass, x is ratio times the
+    baseline's p99 estimate, not the lower edge of its bracket: a latency tail is heavy and slow to pin down (a
+    p99 needs tens of thousands of requests to bracket tightly), and a pass only moves the candidate on to the next
+    step, where it is judged again on more traffic; a slow candidate still meets the failing side there."""
     name, ratio = "p99_latency_ratio", gates.max_p99_latency_ratio
     if ratio is None:
         return GateResult(name, "skipped", detail="off")
@@ -180,7 +185,7 @@ def _latency_ratio(gates: Gates, observations: StepObservations, live: bool) -> 
         what = "request latency"
     else:
         candidate, baseline = observations.shadow.shadow_latency, observations.shadow.primary_latency
-        what = "model time, paired shadow copies"
+        what = "request latency, the candidate's estimated from paired shadow copies"
     n, base_n = int(candidate.sum()), int(baseline.sum())
     early = _too_few(name, ratio, min(n, base_n), gates.min_samples, f"samples per version ({what})")
     if early is not None:
@@ -188,7 +193,6 @@ def _latency_ratio(gates: Gates, observations: StepObservations, live: bool) -> 
     tail = 1.0 - QUANTILE
     # histogram_quantile's level is two-sided: each edge of the bracket holds at half of it, as the test does.
     base_p99, _, base_high = histogram_quantile(baseline, LATENCY_EDGES, QUANTILE, gates.alpha)
-    _, base_low, _ = histogram_quantile(baseline, LATENCY_EDGES, QUANTILE, gates.pass_alpha)
     cand_p99, _, _ = histogram_quantile(candidate, LATENCY_EDGES, QUANTILE, gates.alpha)
     value = cand_p99 / base_p99 if base_p99 > 0 else math.inf
     detail = f"p99 {cand_p99 * 1e3:.3g} ms vs {base_p99 * 1e3:.3g} ms ({what}; {n} and {base_n} samples)"
@@ -196,9 +200,9 @@ def _latency_ratio(gates: Gates, observations: StepObservations, live: bool) -> 
         slower = count_above(candidate, LATENCY_EDGES, ratio * base_high, "low")
         if log_evidence(slower, n, tail, "above") >= -math.log(gates.alpha / 2):
             return GateResult(name, "fail", value, ratio, n, detail)
-    if base_low > 0:
-        slower = count_above(candidate, LATENCY_EDGES, ratio * base_low, "high")
-        if log_evidence(slower, n, tail, "below") >= -math.log(gates.pass_alpha / 2):
+    if base_p99 > 0:
+        slower = count_above(candidate, LATENCY_EDGES, ratio * base_p99, "high")
+        if log_evidence(slower, n, tail, "below") >= -math.log(gates.pass_alpha):
             return GateResult(name, "pass", value, ratio, n, detail)
     return GateResult(name, "inconclusive", value, ratio, n, detail)
 

@@ -140,7 +140,8 @@ def rollout_plan(
         weights = {name: (1.0 - share) * others.get(name, 0.0) / total for name in weights}
         weights[candidate] = share
     taps = dict(recorder.taps) if recorder is not None else {}
-    sink = recorder.sink if recorder is not None else None
+    # Only copies to the candidate are the rollout's evidence; a shadow the config keeps on another version is not.
+    sink = recorder.sink if recorder is not None and shadow_to == candidate else None
     return RoutePlan(weights, baseline, shadow_to, percent, taps, sink)
 
 

@@ -59,8 +59,8 @@ class Arm:
 
 @dataclass(frozen=True, slots=True)
 class ShadowArm:
-    """The step's shadow copies to the candidate. Latency is paired: the primary's and the shadow's model time on
-    the same requests (only pairs where both were measured)."""
+    """The step's shadow copies to the candidate. Latency is paired request latency: the primary's, and the same
+    request's with the candidate's model time in place of the primary's (only pairs where both are known)."""
 
     completed: int = 0
     failed: int = 0

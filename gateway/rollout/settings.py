@@ -144,7 +144,8 @@ def parse_rollout_settings(
         return None
     block = fields.block(data, path, _KEYS, required=("candidate",))
     candidate = fields.string(block, "candidate", path)
-    assert candidate is not None  # required above
+    if candidate is None:
+        raise ConfigError(f"{path}.candidate: must be a non-empty string, got null")
     if candidate not in versions:
         raise ConfigError(f"{path}.candidate: unknown version {candidate!r} (versions: {', '.join(versions)})")
     if candidate == baseline:
@@ -231,7 +232,11 @@ def _parse_validation(data: object, path: str, base: Path) -> Validation | None:
     group = fields.string(block, "group_column", path)
     min_metric = _metrics(block.get("min_metric"), f"{path}.min_metric", HIGHER_IS_BETTER)
     max_metric = _metrics(block.get("max_metric"), f"{path}.max_metric", LOWER_IS_BETTER)
-    needs_labels = [key for key in ("min_metric", "max_metric", "max_metric_drop", "max_group_gap") if block.get(key)]
+    needs_labels = [
+        key
+        for key in ("min_metric", "max_metric", "max_metric_drop", "max_group_gap")
+        if block.get(key) is not None and block.get(key) != {}
+    ]
     if needs_labels and label is None:
         raise ConfigError(f"{path}.{needs_labels[0]}: needs label_column (the golden set's true labels or values)")
     if group is not None and label is None:

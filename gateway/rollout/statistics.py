@@ -19,6 +19,7 @@ and the quantile bounds widen to bin edges, which keeps them conservative. As in
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal
 
@@ -123,13 +124,14 @@ def _log_evidence(successes: int, n: int, p0: float, side: Side) -> float:
         return -math.inf
     # log1p keeps (n - S) log(1 - p0) exact for tiny p0, where it is the term that matters.
     log_null = (successes * math.log(p0) if successes else 0.0) + (failures * math.log1p(-p0) if failures else 0.0)
-    return (
-        _log_beta(a + successes, b + failures)
-        - _log_beta(a, b)
-        + log_post_mass
-        - _log_side_mass(a, b, p0, side)
-        - log_null
-    )
+    return _log_beta(a + successes, b + failures) + log_post_mass - _log_prior(p0, side) - log_null
+
+
+@functools.lru_cache(maxsize=4096)
+def _log_prior(p0: float, side: Side) -> float:
+    """log B(a, b) + log P_prior(side): a function of p0 alone, and the gates test a few fixed p0 at every tick."""
+    a, b = prior_strength(p0)
+    return _log_beta(a, b) + _log_side_mass(a, b, p0, side)
 
 
 def _log_beta(a: float, b: float) -> float:
@@ -215,10 +217,24 @@ def proportion_bounds(successes: int, n: int, alpha: float) -> tuple[float, floa
     threshold = -math.log(alpha / 2.0)
     # The maximum-likelihood rate is never rejected (the mixture averages likelihood ratios that are <= 1 there),
     # so each search has an accepted end.
+    return _bound(successes, n, threshold, "lower"), _bound(successes, n, threshold, "upper")
+
+
+def proportion_bound(successes: int, n: int, alpha: float, which: Literal["lower", "upper"]) -> float:
+    """One edge of a confidence sequence for p, at level alpha on its own side: the lower edge is wrong (above p)
+    with probability at most alpha, at every n at once; so is the upper (below p). Half the cost of both."""
+    _check_counts(successes, n)
+    _check_probability("alpha", alpha)
+    if n == 0:
+        return 0.0 if which == "lower" else 1.0
+    return _bound(successes, n, -math.log(alpha), which)
+
+
+def _bound(successes: int, n: int, threshold: float, which: Literal["lower", "upper"]) -> float:
     rate = successes / n
-    lo = 0.0 if successes == 0 else _nearest_accepted(successes, n, "above", threshold, 0.0, rate)
-    hi = 1.0 if successes == n else _nearest_accepted(successes, n, "below", threshold, 1.0, rate)
-    return lo, hi
+    if which == "lower":
+        return 0.0 if successes == 0 else _nearest_accepted(successes, n, "above", threshold, 0.0, rate)
+    return 1.0 if successes == n else _nearest_accepted(successes, n, "below", threshold, 1.0, rate)
 
 
 def _unrejected_extreme(n: int, q: float, side: Side, threshold: float) -> int:

@@ -42,12 +42,17 @@ DURATION_BUCKETS: Final = (
 
 
 class ShadowResult(NamedTuple):
-    """One shadow run, for a listening rollout. Predictions are None unless the run completed."""
+    """One shadow run, for a listening rollout. Predictions are None unless the run completed.
+
+    Latency is the request's: `primary_seconds` is what the client waited (body received to answer encoded), and
+    `shadow_seconds` what it would have waited on the shadow version, i.e. the same request with the primary's model
+    time swapped for the shadow's. None when that cannot be told (a batched primary reports no model time of its
+    own), so a comparison uses only pairs that have both."""
 
     outcome: Outcome
     rows: int
     agreed: int
-    primary_seconds: float | None  # the primary's model time (None when not measured, e.g. batched)
+    primary_seconds: float | None
     shadow_seconds: float | None
     primary: npt.NDArray[Any] | None
     shadow: npt.NDArray[Any] | None
@@ -103,38 +108,45 @@ class ShadowLane:
         self._sampler = hub.sampler
         self._random = hub.random
 
-    def offer(self, inputs: Arrays, primary: Outputs, primary_seconds: float | None) -> None:
-        """Maybe copy one served request to the shadow version. Never raises, never blocks."""
+    def offer(self, inputs: Arrays, primary: Outputs, primary_compute: float | None, elapsed: float) -> None:
+        """Maybe copy one served request to the shadow version. Never raises, never blocks. `primary_compute` is the
+        primary's model time (None if unknown), `elapsed` the request's latency."""
         if self._random() >= self.probability:
             return
         stats = self._stats
         if stats.inflight >= self._max_inflight:
-            self._finish("dropped", ShadowResult("dropped", 0, 0, primary_seconds, None, None, None))
+            self._finish("dropped", ShadowResult("dropped", 0, 0, elapsed, None, None, None))
             return
         try:
-            self._hub.spawn(self._run, inputs, primary, primary_seconds)
+            task = self._hub.spawn(self._run, inputs, primary, primary_compute, elapsed)
         except RuntimeError:  # no running loop (a test's synchronous call): count it, never fail the request
-            self._finish("dropped", ShadowResult("dropped", 0, 0, primary_seconds, None, None, None))
-
-    async def _run(self, inputs: Arrays, primary: Outputs, primary_seconds: float | None) -> None:
-        stats = self._stats
+            self._finish("dropped", ShadowResult("dropped", 0, 0, elapsed, None, None, None))
+            return
+        # Counted from the spawn, not from when the task first runs: a batch resumes many requests in one loop
+        # iteration, and each must see the copies already started. Released when the task ends, however it ends
+        # (a task cancelled before its first step never runs its own `finally`).
         stats.inflight += 1
+        task.add_done_callback(lambda _: self._release())
+
+    def _release(self) -> None:
+        self._stats.inflight -= 1
+
+    async def _run(self, inputs: Arrays, primary: Outputs, primary_compute: float | None, elapsed: float) -> None:
+        stats = self._stats
         start = perf_counter()
         try:
             async with asyncio.timeout(self._timeout):
                 execution = await self._infer(inputs)
         except TimeoutError:
-            self._finish("timed_out", ShadowResult("timed_out", 0, 0, primary_seconds, None, None, None))
+            self._finish("timed_out", ShadowResult("timed_out", 0, 0, elapsed, None, None, None))
             return
         except OverloadedError:
-            self._finish("dropped", ShadowResult("dropped", 0, 0, primary_seconds, None, None, None))
+            self._finish("dropped", ShadowResult("dropped", 0, 0, elapsed, None, None, None))
             return
         except Exception as exc:  # the shadow version's fault: counted, and what the rollout's error gate reads
             logger.debug("shadow %s/%s failed: %r", self.route, self.version, exc)
-            self._finish("failed", ShadowResult("failed", 0, 0, primary_seconds, None, None, None))
+            self._finish("failed", ShadowResult("failed", 0, 0, elapsed, None, None, None))
             return
-        finally:
-            stats.inflight -= 1
         wall = perf_counter() - start
         stats.duration.observe(wall)
         try:
@@ -142,13 +154,14 @@ class ShadowLane:
             self._sampler.offer(self._drift_key, inputs, execution.outputs)
         except Exception:
             logger.exception("shadow %s/%s: cannot compare answers", self.route, self.version)
-            self._finish("failed", ShadowResult("failed", 0, 0, primary_seconds, None, None, None))
+            self._finish("failed", ShadowResult("failed", 0, 0, elapsed, None, None, None))
             return
         stats.agreed.value += agreement.agreed
         stats.disagreed.value += agreement.rows - agreement.agreed
-        seconds = execution.compute_seconds if execution.compute_seconds is not None else wall
+        model = execution.compute_seconds if execution.compute_seconds is not None else wall
+        estimate = None if primary_compute is None else max(0.0, elapsed - primary_compute + model)
         result = ShadowResult(
-            "completed", agreement.rows, agreement.agreed, primary_seconds, seconds, agreement.primary, agreement.shadow
+            "completed", agreement.rows, agreement.agreed, elapsed, estimate, agreement.primary, agreement.shadow
         )
         self._finish("completed", result)
 
@@ -237,12 +250,13 @@ class ShadowHub:
             except KeyError:
                 pass
 
-    def spawn(self, run: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
+    def spawn(self, run: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> asyncio.Task[None]:
         """Start `run(*args)` as a task; RuntimeError (before the coroutine exists) when no loop is running."""
         loop = asyncio.get_running_loop()
         task = loop.create_task(run(*args))
         self._tasks.add(task)  # the loop keeps only a weak reference to a task
         task.add_done_callback(self._tasks.discard)
+        return task
 
     @property
     def running(self) -> int:
