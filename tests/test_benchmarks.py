@@ -321,3 +321,15 @@ def test_path_benchmark_drives_every_case_to_a_200(tmp_path: Path) -> None:
     done = _run_module("benchmarks.bench_path", "--count", "50", "--rounds", "1", timeout=120)
     lines = done.stdout.strip().splitlines()
     assert len(lines) == 3 and all(line.endswith("us/request") for line in lines), done.stdout
+
+
+def test_shadow_benchmark_measures_both_routes(tmp_path: Path) -> None:
+    out = tmp_path / "shadow.json"
+    _run_module("benchmarks.bench_shadow", "--smoke", "--json", str(out), timeout=240)
+    report = json.loads(out.read_text())
+    assert {(r["mode"].split(",")[0], r["route"]) for r in report["rows"]} == {
+        ("closed", "plain"), ("closed", "shadowed"), ("open", "plain"), ("open", "shadowed"),
+    }  # fmt: skip
+    for row in report["rows"]:
+        assert row["result"]["errors"] == 0 and row["result"]["rps"] > 0, row
+    assert report["copies"] > 0  # the shadowed route really copied its requests
