@@ -51,7 +51,7 @@ from gateway.publisher import Publisher
 from gateway.reloader import Reloader
 from gateway.rollout.collector import RolloutCollector
 from gateway.rollout.controller import ACTIONS
-from gateway.rollout.manager import RolloutManager, validate_job
+from gateway.rollouts import RolloutManager, validate_job
 from gateway.shadow.runner import ShadowHub
 from gateway.webhook import Webhook
 

@@ -146,7 +146,7 @@ def validate(args: argparse.Namespace) -> int:
 def _validate_route(generation: Generation, name: str, *, quiet: bool) -> dict[str, Any]:
     """Run route `name`'s pre-traffic validation (when its rollout has a validate block), printing each check's line
     and the summary unless `quiet`; the route's outcome as JSON (`passed` is None when there is nothing to validate)."""
-    from gateway.rollout.manager import identity_of, validation_job, validation_report
+    from gateway.rollouts import identity_of, validation_job, validation_report
 
     def said(text: str) -> None:
         if not quiet:

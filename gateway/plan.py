@@ -12,10 +12,8 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Protocol
 
 from gateway.config import GatewayConfig, RouteConfig
-from gateway.generation import Generation
 from gateway.shadow.runner import Sink
 from gateway.shadow.settings import ShadowSettings
 from gateway.tap import Tap
@@ -61,12 +59,3 @@ def effective_config(config: GatewayConfig, plans: Mapping[str, RoutePlan]) -> G
         name: effective_route(route, plans[name]) if name in plans else route for name, route in config.routes.items()
     }
     return dataclasses.replace(config, routes=MappingProxyType(routes))
-
-
-class Planner(Protocol):
-    """Whoever decides plans other than the config's (the rollout manager). Called whenever a snapshot is built, on
-    the event loop; it must be quick."""
-
-    def plan(self, generation: Generation) -> Mapping[str, RoutePlan]:
-        """Plans for the routes it steers; routes it leaves out follow their config."""
-        ...

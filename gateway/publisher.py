@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Protocol
 
 from gateway.dataplane import DecisionRecord, Served, Snapshot
 from gateway.generation import Generation
 from gateway.metrics import Metrics
-from gateway.plan import Planner, RoutePlan, config_plan, effective_config
+from gateway.plan import RoutePlan, config_plan, effective_config
 from gateway.prediction import PredictionError, reader_for
 from gateway.routing import Reason, Route, RoutingTable
 from gateway.shadow.comparison import Comparator
@@ -22,6 +23,15 @@ from gateway.shadow.settings import DEFAULT as DEFAULT_SHADOW
 logger = logging.getLogger(__name__)
 
 REASONS: tuple[Reason, ...] = ("override", "pin", "sticky", "weighted")
+
+
+class Planner(Protocol):
+    """Whoever decides plans other than the config's (the rollout manager). Called whenever a snapshot is built, on
+    the event loop; it must be quick."""
+
+    def plan(self, generation: Generation) -> Mapping[str, RoutePlan]:
+        """Plans for the routes it steers; routes it leaves out follow their config."""
+        ...
 
 
 class Publisher:

@@ -24,7 +24,7 @@ from starlette.testclient import TestClient
 
 from gateway.app import Settings, create_app
 from gateway.reloader import Reloader
-from gateway.rollout.manager import RolloutManager
+from gateway.rollouts import RolloutManager
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_MODELS = ROOT / "config" / "models"

@@ -11,12 +11,14 @@ drifting about W * C(m, k) * f**k times a day (k of the last m windows), assumin
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
+from gateway import fields
 from gateway.errors import ConfigError
 
 
@@ -53,7 +55,7 @@ class DriftSettings:
 
 DISABLED = DriftSettings(enabled=False)
 
-_NAMES = tuple(f.name for f in fields(DriftSettings))
+_NAMES = tuple(f.name for f in dataclasses.fields(DriftSettings))
 
 
 def parse_drift_settings(data: object, path: str) -> DriftSettings:
@@ -73,26 +75,28 @@ def parse_drift_settings(data: object, path: str) -> DriftSettings:
         raise ConfigError(f"{path}.{unknown[0]}: unknown key; allowed: {', '.join(_NAMES)}")
     default = DriftSettings()
     values: dict[str, Any] = {}
-    values["enabled"] = _bool(data, "enabled", default.enabled, path)
-    values["sample_rate"] = _number(data, "sample_rate", default.sample_rate, path, low=0.0, high=1.0, open_low=True)
-    values["window_size"] = _integer(data, "window_size", default.window_size, path, low=50)
+    values["enabled"] = fields.boolean(data, "enabled", default.enabled, path)
+    values["sample_rate"] = fields.number(
+        data, "sample_rate", default.sample_rate, path, low=0.0, high=1.0, open_low=True
+    )
+    values["window_size"] = fields.integer(data, "window_size", default.window_size, path, low=50)
     seconds = data.get("max_window_seconds")
     values["max_window_seconds"] = (
-        None if seconds is None else _number(data, "max_window_seconds", 0.0, path, low=1.0, high=30 * 86400.0)
+        None if seconds is None else fields.number(data, "max_window_seconds", 0.0, path, low=1.0, high=30 * 86400.0)
     )
-    values["min_window_size"] = _integer(
+    values["min_window_size"] = fields.integer(
         data, "min_window_size", min(default.min_window_size, values["window_size"]), path, low=50
     )
     if values["min_window_size"] > values["window_size"]:
         raise ConfigError(
             f"{path}.min_window_size: {values['min_window_size']} is more than window_size ({values['window_size']})"
         )
-    values["alpha"] = _number(data, "alpha", default.alpha, path, low=0.0, high=0.5, open_low=True)
-    values["min_js_distance"] = _number(data, "min_js_distance", default.min_js_distance, path, low=0.0, high=1.0)
-    values["min_novel_share"] = _number(data, "min_novel_share", default.min_novel_share, path, low=0.0, high=1.0)
-    values["persistence_k"] = _integer(data, "persistence_k", default.persistence_k, path, low=1)
-    values["persistence_m"] = _integer(data, "persistence_m", default.persistence_m, path, low=1, high=100)
-    values["max_exported_features"] = _integer(
+    values["alpha"] = fields.number(data, "alpha", default.alpha, path, low=0.0, high=0.5, open_low=True)
+    values["min_js_distance"] = fields.number(data, "min_js_distance", default.min_js_distance, path, low=0.0, high=1.0)
+    values["min_novel_share"] = fields.number(data, "min_novel_share", default.min_novel_share, path, low=0.0, high=1.0)
+    values["persistence_k"] = fields.integer(data, "persistence_k", default.persistence_k, path, low=1)
+    values["persistence_m"] = fields.integer(data, "persistence_m", default.persistence_m, path, low=1, high=100)
+    values["max_exported_features"] = fields.integer(
         data, "max_exported_features", default.max_exported_features, path, low=0, high=10_000
     )
     if values["persistence_k"] > values["persistence_m"]:
@@ -109,32 +113,3 @@ def parse_drift_settings(data: object, path: str) -> DriftSettings:
             raise ConfigError(f"{path}.webhook_url: {exc}") from None
     values["webhook_url"] = url
     return DriftSettings(**values)
-
-
-def _bool(data: Mapping[str, Any], key: str, default: bool, path: str) -> bool:
-    value = data.get(key, default)
-    if not isinstance(value, bool):
-        raise ConfigError(f"{path}.{key}: must be true or false, got {value!r}")
-    return value
-
-
-def _number(
-    data: Mapping[str, Any], key: str, default: float, path: str, *, low: float, high: float, open_low: bool = False
-) -> float:
-    value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{path}.{key}: must be a number, got {value!r}")
-    if value > high or value < low or (open_low and value == low):
-        bracket = "(" if open_low else "["
-        raise ConfigError(f"{path}.{key}: must be in {bracket}{low}, {high}], got {value!r}")
-    return float(value)
-
-
-def _integer(data: Mapping[str, Any], key: str, default: int, path: str, *, low: int, high: int | None = None) -> int:
-    value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{path}.{key}: must be an integer, got {value!r}")
-    if value < low or (high is not None and value > high):
-        limit = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise ConfigError(f"{path}.{key}: must be {limit}, got {value}")
-    return value

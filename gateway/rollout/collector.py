@@ -13,19 +13,30 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gateway.rollout.controller import RolloutController
 from gateway.rollout.gates import GATE_VERDICTS
-from gateway.rollout.manager import RolloutManager
 from gateway.rollout.observations import LocalRecorder
 from gateway.rollout.state import PHASES
 
 
+class Rollouts(Protocol):
+    """What the collector reads (gateway.rollouts.RolloutManager is one)."""
+
+    @property
+    def controllers(self) -> Mapping[str, RolloutController]: ...
+
+    transitions: dict[tuple[str, str], int]
+    dropped: dict[str, int]
+
+
 class RolloutCollector(Collector):
-    def __init__(self, manager: RolloutManager) -> None:
+    def __init__(self, manager: Rollouts) -> None:
         self._manager = manager
 
     def describe(self) -> Iterator[Metric]:

@@ -1,6 +1,8 @@
-"""Every route's rollout, tied to the gateway: which controllers exist (kept in step with each config generation), the
-traffic plan each asks for (the publisher applies it to every snapshot), the tick that evaluates their gates, the
-validation jobs, the state files, the webhook and the admin actions.
+"""Every route's rollout, tied to the gateway (as monitoring.py ties drift to it): which controllers exist (kept in
+step with each config generation), the traffic plan each asks for (the publisher applies it to every snapshot), the
+tick that evaluates their gates, the validation jobs, the state files, the webhook and the admin actions. The
+rollout/ package holds the parts (settings, controller, gates, statistics, validation, state) and knows nothing of
+generations or snapshots.
 
 Decisions are published by swapping a new snapshot (`republish`), so a rollback reaches every new request at once.
 Gate evaluation and validation run in worker threads; state changes happen on the event loop only; state files
