@@ -239,4 +239,5 @@ def create_app(
     app.state.metrics = metrics
     app.state.registry = registry
     app.state.rollouts = rollouts
+    app.state.monitor = monitor
     return GatewayApp(app, dataplane)

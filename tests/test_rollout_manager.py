@@ -128,6 +128,15 @@ class Rig:
             time.sleep(0.01)  # poll interval, bounded by the deadline
         raise TimeoutError("shadow copies still in flight")
 
+    def hub_inflight(self) -> float:
+        """Shadow copies in flight on any route (a family summed over its series)."""
+        return sum(
+            sample.value
+            for family in self.registry.collect()
+            if family.name == "gateway_shadow_inflight"
+            for sample in family.samples
+        )
+
     def tick(self, seconds: float = 5.0) -> None:
         self.clock.now += seconds
         self.call(self.manager.tick)
@@ -412,3 +421,35 @@ def test_a_rollback_fires_the_webhook(repo: Path, tmp_path: Path, rig_factory: C
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_drifting_candidate_is_rolled_back_on_the_drift_gate(
+    tmp_path: Path, rig_factory: Callable[[str], Rig]
+) -> None:
+    """The candidate's drift monitor fills from its shadow copies; live data unlike its training data blocks it."""
+    text = (
+        f"model_repository: {DEMO_MODELS}\nroutes:\n  breast_cancer:\n"
+        "    versions: {stable: 1, canary: 2}\n"
+        "    split: {weights: {stable: 100}, baseline: stable}\n"
+        "    drift: {sample_rate: 1.0, window_size: 171, persistence_k: 1, persistence_m: 1}\n"
+        "    rollout:\n      candidate: canary\n      steps: [{shadow: 100, duration: 10, min_requests: 100}]\n"
+        "      gates: {min_samples: 30, max_p99_latency_ratio: null}\n"
+        f"      state_file: {tmp_path / 'drift.json'}\n"
+    )
+    rig = rig_factory(text)
+    rows = [[float(v) for v in line.split(",")[:30]] for line in DEMO_SHIFTED.read_text().splitlines()[1:]]
+    monitor = rig.client.app.state.monitor  # type: ignore[attr-defined]
+    for _ in range(20):
+        if rig.client.get("/admin/rollouts/breast_cancer").json()["phase"] == "failed":
+            break
+        for row in rows:
+            body = orjson.dumps({"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": row}]})
+            assert rig.client.post("/v2/models/breast_cancer/infer", content=body).status_code == 200
+        end = time.monotonic() + 10
+        while time.monotonic() < end and (monitor.sampler.depth or rig.hub_inflight()):
+            time.sleep(0.01)  # poll interval, bounded by the deadline: the drift worker and the copies catch up
+        rig.tick()
+    status = rig.client.get("/admin/rollouts/breast_cancer").json()
+    assert status["phase"] == "failed" and "drift" in status["reason"], status["reason"]
+    drift = next(g for g in status["gates"] if g["gate"] == "drift")
+    assert drift["verdict"] == "fail" and "the candidate is drifting" in drift["detail"]
