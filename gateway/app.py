@@ -25,6 +25,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from gateway import __version__
+from gateway.admin import PREFIX as ADMIN_PREFIX, TOKEN_ENV, AdminGuard
 from gateway.backends.onnx import OnnxOptions, runtime_version
 from gateway.batching import BatchingMetrics
 from gateway.config import GatewayConfig
@@ -39,6 +40,7 @@ from gateway.endpoints import (
     infer_target,
     internal_error,
     method_not_allowed,
+    refuse,
     v2_routes,
 )
 from gateway.errors import ConfigError, GatewayError, ProtocolError
@@ -71,6 +73,8 @@ class Settings:
     drift_buffer: int = 10_000  # sampled requests waiting for the drift worker; more are dropped and counted
     retire_grace: float = 30.0  # seconds a retired version's series stay, so its last requests are counted
     rollout_tick: float = 0.1  # seconds between looks at the rollouts (each evaluates its gates every `interval`)
+    admin_token: bytes | None = field(default=None, repr=False)  # bearer token /admin/* requires (None: none)
+    exposed: bool = False  # listening beyond loopback: without a token, admin changes are refused
 
 
 def build_predlog(
@@ -98,18 +102,24 @@ def _report_failure(task: asyncio.Task[object]) -> None:
 class GatewayApp:
     """The ASGI app: inference requests go straight to their handler (the hot path), everything else to Starlette."""
 
-    def __init__(self, app: Starlette, dataplane: DataPlane) -> None:
+    def __init__(self, app: Starlette, dataplane: DataPlane, guard: AdminGuard) -> None:
         self.app = app
         self.state = app.state  # dataplane, reloader, metrics, registry: what tests and handlers read
         self._dataplane = dataplane
+        self._guard = guard
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            target = infer_target(scope["path"])
+            path = scope["path"]
+            target = infer_target(path)
             if target is not None:
                 if scope["method"] != "POST":
                     return await method_not_allowed(send, "POST")
                 return await infer(self._dataplane, scope, receive, send, *target)
+            if path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/"):
+                refusal = self._guard.check(scope["method"], scope["headers"])
+                if refusal is not None:
+                    return await refuse(send, refusal)
         await self.app(scope, receive, send)
 
 
@@ -240,4 +250,9 @@ def create_app(
     app.state.registry = registry
     app.state.rollouts = rollouts
     app.state.monitor = monitor
-    return GatewayApp(app, dataplane)
+    if settings.exposed and settings.admin_token is None:
+        logger.warning(
+            "listening beyond loopback with no admin token: /admin changes (reload, rollout actions) are refused;"
+            " set %s or --admin-token-file to allow them", TOKEN_ENV,
+        )  # fmt: skip
+    return GatewayApp(app, dataplane, AdminGuard(settings.admin_token, settings.exposed))

@@ -50,17 +50,27 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="onnxruntime graph optimisation level",
     )  # fmt: skip
     p.add_argument("--reload-interval", type=float, default=1.0, help="seconds between config content checks")
+    p.add_argument(
+        "--admin-token-file", type=Path,
+        help="file holding the bearer token /admin/* requires (default: the GATEWAY_ADMIN_TOKEN environment variable)",
+    )  # fmt: skip
 
 
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from gateway.admin import is_loopback, load_token
     from gateway.app import Settings, create_app
     from gateway.backends.onnx import OnnxOptions
     from gateway.errors import GatewayError
     from gateway.transport import protocol_for
 
     config = None if args.model_repository else (args.config or default_config())
+    try:
+        token = load_token(args.admin_token_file)
+    except GatewayError as exc:
+        logger.error("cannot start: %s", exc)
+        return 2
     settings = Settings(
         config_path=config,
         model_repository=args.model_repository,
@@ -71,6 +81,8 @@ def serve(args: argparse.Namespace) -> int:
             inline_below_us=args.inline_below_us,
         ),
         reload_interval=args.reload_interval,
+        admin_token=token,
+        exposed=not is_loopback(args.host),
     )
     try:
         app = create_app(settings)

@@ -14,6 +14,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from gateway import __version__
+from gateway.admin import Refusal
 from gateway.dataplane import DataPlane, Reply
 from gateway.errors import (
     BackendError,
@@ -177,6 +178,16 @@ async def infer(dataplane: DataPlane, scope: Scope, receive: Receive, send: Send
     headers.append((b"content-length", str(len(payload)).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
+
+
+async def refuse(send: Send, refusal: Refusal) -> None:
+    """An admin call the guard refused, in the V2 error shape (and a Bearer challenge on a 401)."""
+    body = encode_error(refusal.message)
+    headers = [_JSON_TYPE, (b"content-length", str(len(body)).encode())]
+    if refusal.challenge:
+        headers.append((b"www-authenticate", b'Bearer realm="gateway admin"'))
+    await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def method_not_allowed(send: Send, allow: str) -> None:

@@ -13,12 +13,15 @@ import logging
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 import orjson
 
+from gateway.admin import TOKEN_ENV, load_token
+from gateway.errors import ConfigError
 from gateway.rollout.controller import ACTIONS
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -40,6 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default=DEFAULT_URL, help=f"the gateway's base URL (default {DEFAULT_URL})")
     parser.add_argument("--json", action="store_true", help="print the gateway's JSON as it is")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the gateway")
+    parser.add_argument(
+        "--token-file", type=Path,
+        help=f"file holding the gateway's admin token (default: the {TOKEN_ENV} environment variable)",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,7 +64,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         method, path = "POST", f"/admin/rollouts/{quote(route, safe='')}/{action}"
     try:
-        body = _call(method, base + path, args.timeout)
+        token = load_token(args.token_file)
+    except ConfigError as exc:
+        print(f"gateway rollout: {exc}", file=sys.stderr)
+        return 2
+    headers = {} if token is None else {"authorization": f"Bearer {token.decode()}"}
+    try:
+        body = _call(method, base + path, args.timeout, headers)
     except _UnreachableError as exc:
         print(f"gateway rollout: cannot reach the gateway at {base}: {exc}", file=sys.stderr)
         return 2
@@ -75,9 +88,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _call(method: str, url: str, timeout: float) -> dict[str, Any]:
+def _call(method: str, url: str, timeout: float, headers: Mapping[str, str]) -> dict[str, Any]:
     try:
-        response = httpx.request(method, url, timeout=timeout)
+        response = httpx.request(method, url, timeout=timeout, headers=dict(headers))
     except (httpx.TransportError, httpx.InvalidURL) as exc:  # TransportError covers connect, timeouts, bad schemes
         raise _UnreachableError(str(exc) or type(exc).__name__) from exc
     try:
