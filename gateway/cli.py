@@ -51,6 +51,14 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )  # fmt: skip
     p.add_argument("--reload-interval", type=float, default=1.0, help="seconds between config content checks")
     p.add_argument(
+        "--drain-delay", type=float, default=5.0,
+        help="seconds to keep accepting after SIGTERM, answering with Connection: close and readiness 503 (default 5)",
+    )  # fmt: skip
+    p.add_argument(
+        "--drain-timeout", type=float, default=30.0,
+        help="seconds, after the drain delay, that requests in flight may take to finish (default 30)",
+    )  # fmt: skip
+    p.add_argument(
         "--admin-token-file", type=Path,
         help="file holding the bearer token /admin/* requires (default: the GATEWAY_ADMIN_TOKEN environment variable)",
     )  # fmt: skip
@@ -63,6 +71,7 @@ def serve(args: argparse.Namespace) -> int:
     from gateway.app import Settings, create_app
     from gateway.backends.onnx import OnnxOptions
     from gateway.errors import GatewayError
+    from gateway.serving import GatewayServer
     from gateway.transport import protocol_for
 
     config = None if args.model_repository else (args.config or default_config())
@@ -95,11 +104,12 @@ def serve(args: argparse.Namespace) -> int:
     for name in routes:
         logger.info("  %s/v2/models/%s/infer", base, name)
     logger.info("  %s/v2/health/ready   %s/metrics", base, base)
-    uvicorn.run(
+    config = uvicorn.Config(
         app, host=args.host, port=args.port, loop="uvloop", http=protocol_for(app.state.dataplane),
-        log_level=args.log_level,
-        access_log=False, lifespan="on", server_header=False,
+        log_level=args.log_level, access_log=False, lifespan="on", server_header=False,
+        timeout_graceful_shutdown=max(args.drain_timeout, 0.0),
     )  # fmt: skip
+    GatewayServer(config, app.state.dataplane, drain_delay=max(args.drain_delay, 0.0)).run()
     return 0
 
 

@@ -141,6 +141,7 @@ class DataPlane:
         self._predlog = predlog
         self._inflight = metrics.inflight
         self._unknown = metrics.unknown
+        self.draining = False  # set once on SIGTERM (gateway/serving.py): not ready, answers close their connections
 
     @property
     def snapshot(self) -> Snapshot:
@@ -269,7 +270,9 @@ class DataPlane:
         return True
 
     def ready(self) -> bool:
-        """Ready when every version that a route can send traffic to is loaded."""
+        """Ready when every version that a route can send traffic to is loaded, and not draining."""
+        if self.draining:
+            return False
         snapshot = self._snapshot
         return all(
             (t.model, t.version) in snapshot.versions

@@ -118,6 +118,8 @@ class InferenceProtocol(HttpToolsProtocol):
             self.url, self.headers, self.expect_100_continue = url, headers, expect
             self.scope["headers"] = headers
             super().on_headers_complete()
+            if self.dataplane.draining and self.cycle is not None:
+                self.cycle.keep_alive = False  # draining: this answer closes the connection
             return
         self._target = target
         self._chunks, self._size = [], 0
@@ -146,7 +148,8 @@ class InferenceProtocol(HttpToolsProtocol):
             return
         (model, pin), self._target = self._target, None
         body = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
-        busy = _Busy(self.parser.get_http_version() == "1.1" and self.parser.should_keep_alive())
+        keep = self.parser.get_http_version() == "1.1" and self.parser.should_keep_alive()
+        busy = _Busy(keep and not self.dataplane.draining)
         self.cycle = busy  # type: ignore[assignment]
         self._start(self._respond(busy, model, pin, self.headers, body, self._size))
 
