@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = ServerSpec(
             "gateway",
             (sys.executable, "-m", "gateway", "serve", "--config", str(config), "--host", "{host}", "--port", "{port}",
-             "--log-level", "warning"),
+             "--log-level", "warning", "--drain-delay", "0"),
         )  # fmt: skip
         server = start_server(spec, log_dir=work / "logs", cores=SERVER_CORES)
         try:

@@ -94,7 +94,7 @@ def server_specs(repository: Path, work: Path, start_timeout_s: float) -> dict[s
     hostport = ("--host", "{host}", "--port", "{port}")
     config = gateway_config(work / "gateway-batching.yaml", repository)
     env = (("PYTHONPATH", str(PROJECT_ROOT)),)
-    quiet = ("--log-level", "warning")  # as every other server: no per-request logging
+    quiet = ("--log-level", "warning", "--drain-delay", "0")  # no per-request logging; stop at once when done
     specs = [
         ServerSpec("floor", (python, "-m", "benchmarks.baselines.floor", *hostport), env=env, cwd=PROJECT_ROOT),
         ServerSpec(

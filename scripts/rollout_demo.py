@@ -132,7 +132,8 @@ def play(act: Act, rows: list[list[float]]) -> bool:
         url = f"http://127.0.0.1:{port}"
         log = (folder / "gateway.log").open("wb")
         process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--config", str(path), "--port", str(port)],
+            [sys.executable, "-m", "gateway", "serve", "--config", str(path), "--port", str(port),
+             "--drain-delay", "0"],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )  # fmt: skip
         started = time.monotonic()

@@ -45,7 +45,7 @@ def gateway(args: list[str], log: Path, *, cwd: Path | None = None, deadline: fl
     port = free_port()
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--port", str(port), *args],
+            [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--drain-delay", "0", *args],
             stdout=sink,
             stderr=subprocess.STDOUT,
             cwd=cwd,
