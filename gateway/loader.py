@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Executor
@@ -57,6 +58,7 @@ class Loaded:
     stamp: tuple[FileStamp | None, ...]
     batching: BatchingConfig | None = None
     batcher: DynamicBatcher | None = None  # closed (queue drained) when the version is retired
+    digest: str = ""  # sha256 of the model file's bytes: what a rollout is about survives touches and restarts
 
 
 class VersionLoader:
@@ -78,13 +80,14 @@ class VersionLoader:
             and previous.batching == batching
         ):
             return previous
+        digest = _sha256(source.model_file)
         backend = load_onnx(source.model_file, self._options, self._executor)
         profile = _profile(source, backend)
         metrics = self._metrics.bind(source.model, str(source.version))
         batcher = None if batching is None else self._batcher(backend, batching, metrics, source)
         runner: Runner = backend.infer if batcher is None else _batched(batcher)
         drift_key = DriftKey(source.model, str(source.version))
-        return Loaded(Served(source, backend, metrics, runner, drift_key, profile), stamp, batching, batcher)
+        return Loaded(Served(source, backend, metrics, runner, drift_key, profile), stamp, batching, batcher, digest)
 
     def forget(self, key: Key, *, batching_only: bool = False) -> None:
         """Drop the series of a version that is gone for good (or only its batching series, when it stopped
@@ -134,6 +137,19 @@ class VersionLoader:
                 logger.error("model %s version %s failed to load: %s", key[0], key[1], exc)
                 failed[key] = str(exc)
         return loaded, failed
+
+
+def _sha256(path: Path) -> str:
+    """The file's sha256, read in 1 MiB blocks (models can be gigabytes); "" when it cannot be read (the load that
+    follows says why)."""
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return ""
+    return digest.hexdigest()
 
 
 def _batched(batcher: DynamicBatcher) -> Runner:

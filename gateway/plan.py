@@ -29,6 +29,7 @@ class RoutePlan:
     shadow_percent: float = 0.0
     taps: Mapping[str, Tap] = field(default_factory=lambda: _NO_TAPS)  # version name -> its tap
     shadow_sink: Sink | None = None  # who listens to the shadow's results (a rollout's gates)
+    order: tuple[str, ...] | None = None  # the versions' order for the sticky layout (None: as declared)
 
     def shares(self) -> dict[str, float]:
         total = sum(self.weights.values())
@@ -47,11 +48,14 @@ def config_plan(route: RouteConfig, shadow: ShadowSettings | None) -> RoutePlan:
 
 
 def effective_route(route: RouteConfig, plan: RoutePlan) -> RouteConfig:
-    """The route with the plan's split applied (the routing table is built from this)."""
-    if plan.weights == route.split.weights and plan.baseline == route.split.baseline:
+    """The route with the plan's split (and version order) applied; the routing table is built from this."""
+    versions = route.versions
+    if plan.order is not None and tuple(versions) != plan.order:
+        versions = MappingProxyType({name: route.versions[name] for name in plan.order})
+    if plan.weights == route.split.weights and plan.baseline == route.split.baseline and versions is route.versions:
         return route
     split = dataclasses.replace(route.split, weights=MappingProxyType(dict(plan.weights)), baseline=plan.baseline)
-    return dataclasses.replace(route, split=split)
+    return dataclasses.replace(route, versions=versions, split=split)
 
 
 def effective_config(config: GatewayConfig, plans: Mapping[str, RoutePlan]) -> GatewayConfig:

@@ -113,24 +113,43 @@ def _loaded(generation: Generation, route: RouteConfig, name: str) -> tuple[int,
     loaded = generation.loaded.get((route.model, version))
     if loaded is None:
         return None
-    stamp = loaded.stamp[0]
-    return version, "" if stamp is None else f"{stamp.size}:{stamp.mtime_ns}"
+    return version, loaded.digest  # by content: a model file touched, re-synced or restored is the same model
+
+
+def same_rollout(state: RolloutState, identity: Identity) -> bool:
+    """Whether `state` is the rollout `identity` describes. Once promoted only the candidate matters: the old
+    baseline serves nothing any more, and a change to it must not start the rollout over (and send everyone back to
+    it)."""
+    if state.phase == "succeeded":
+        mine, theirs = state.identity, identity
+        return (mine.candidate, mine.candidate_version, mine.candidate_model) == (
+            theirs.candidate,
+            theirs.candidate_version,
+            theirs.candidate_model,
+        )
+    return state.identity == identity
 
 
 def rollout_plan(
     route: RouteConfig, shadow: ShadowSettings | None, candidate: str, traffic: Traffic, recorder: Recorder | None
 ) -> RoutePlan:
-    """The route's plan while a rollout steers it: the candidate's share, the others in the config's proportions."""
+    """The route's plan while a rollout steers it.
+
+    The candidate's share comes out of the baseline's; only once the baseline has none left do the route's other
+    versions give up theirs, in proportion. The candidate is laid out next to the baseline, so with the sticky
+    bucket layout a rising share moves users from the baseline to the candidate only, never between other versions.
+    """
     base = config_plan(route, shadow)
     shadow_to, percent = base.shadow_to, base.shadow_percent
     if traffic.shadow_percent > 0:
         shadow_to, percent = candidate, traffic.shadow_percent
     elif shadow_to == candidate:  # the rollout owns the candidate's shadow: off outside its shadow steps
         shadow_to, percent = None, 0.0
-    weights: dict[str, float] = dict(route.split.weights)
     baseline = route.split.baseline
+    order = (*(name for name in route.versions if name not in (candidate, baseline)), candidate, baseline)
+    weights: dict[str, float] = {name: route.split.weights.get(name, 0.0) for name in order}
     if traffic.promoted:
-        weights = {name: 0.0 for name in weights}
+        weights = {name: 0.0 for name in order}
         weights[candidate] = 1.0
         baseline = candidate
     elif traffic.candidate_share is not None:
@@ -139,12 +158,18 @@ def rollout_plan(
         total = sum(others.values())
         if total <= 0:
             others, total = {baseline: 1.0}, 1.0
-        weights = {name: (1.0 - share) * others.get(name, 0.0) / total for name in weights}
+        shares = {name: w / total for name, w in others.items()}
+        if share <= shares.get(baseline, 0.0):
+            shares[baseline] = shares.get(baseline, 0.0) - share
+        else:  # more than the baseline had: the others give up the rest, in proportion
+            rest = 1.0 - shares.get(baseline, 0.0)
+            shares = {name: (0.0 if name == baseline else v * (1.0 - share) / rest) for name, v in shares.items()}
+        weights = {name: shares.get(name, 0.0) for name in order}
         weights[candidate] = share
     taps = dict(recorder.taps) if recorder is not None else {}
     # Only copies to the candidate are the rollout's evidence; a shadow the config keeps on another version is not.
     sink = recorder.sink if recorder is not None and shadow_to == candidate else None
-    return RoutePlan(weights, baseline, shadow_to, percent, taps, sink)
+    return RoutePlan(weights, baseline, shadow_to, percent, taps, sink, order=order)
 
 
 class RolloutManager:
@@ -190,7 +215,7 @@ class RolloutManager:
             identity = identity_of(generation, name, settings)
             state: RolloutState | None
             recorder: Recorder | None = None
-            if controller is not None and identity is not None and controller.state.identity == identity:
+            if controller is not None and identity is not None and same_rollout(controller.state, identity):
                 state, recorder = controller.state, controller.recorder
                 settings = controller.settings
             else:
@@ -207,7 +232,7 @@ class RolloutManager:
         if identity is None or settings.state_file is None:
             return None
         state = load_state(settings.state_file)
-        if state is None or state.identity != identity or state.route != route:
+        if state is None or state.route != route or not same_rollout(state, identity):
             return None
         return state
 
@@ -220,6 +245,7 @@ class RolloutManager:
         wanted = {name: s for name, s in generation.features.rollout.items() if s is not None}
         for name in list(self._controllers):
             if name not in wanted:
+                self._warn_if_unpromoted(name, generation)
                 logger.info("rollout of route %s ended: its rollout block is gone", name)
                 self._retire(name)
         for name, settings in wanted.items():
@@ -230,7 +256,7 @@ class RolloutManager:
                 if controller is not None:
                     self._retire(name)
                 continue
-            if controller is not None and controller.state.identity == identity:
+            if controller is not None and same_rollout(controller.state, identity):
                 before = controller.state
                 controller.update_settings(settings, now)
                 self._hand_edit(controller, generation, previous, now)
@@ -250,6 +276,22 @@ class RolloutManager:
             self._controllers[name] = controller
             self._recorded(controller, None, since=now)
         self.republish()
+
+    def _warn_if_unpromoted(self, name: str, generation: Generation) -> None:
+        """A promoted rollout whose block is removed while the file still routes elsewhere sends every user back to
+        the old baseline: that is what the file says, but rarely what was meant."""
+        state = self._controllers[name].state
+        route = generation.config.routes.get(name)
+        if state.phase != "succeeded" or route is None:
+            return
+        candidate = state.identity.candidate
+        others = sum(w for v, w in route.split.weights.items() if v != candidate)
+        if route.split.baseline != candidate or others > 0:
+            logger.warning(
+                "rollout of route %s ended after promoting %s, but the file routes traffic elsewhere: it now serves as"
+                " the file says; to keep %s, make it the baseline with all the weight in the same change",
+                name, candidate, candidate,
+            )  # fmt: skip
 
     def _resumed(self, state: RolloutState, now: float) -> RolloutState:
         if state.phase in ("shadowing", "progressing"):
@@ -335,15 +377,19 @@ class RolloutManager:
     async def tick(self) -> None:
         """Start pending validations and evaluate every step that is due. Tests call this with a fake clock."""
         for name, controller in list(self._controllers.items()):
-            if controller.state.phase == "validating" and not controller.validating:
-                self._start_validation(name, controller)
-            elif controller.due(self._clock()):
-                evaluation = await asyncio.to_thread(controller.evaluate)
-                if evaluation is None or self._controllers.get(name) is not controller:
-                    continue
-                before = controller.state
-                changed = controller.apply(evaluation, self._clock())
-                self._recorded(controller, before, republish=changed)
+            try:
+                if controller.state.phase == "validating" and not controller.validating:
+                    self._start_validation(name, controller)
+                elif controller.due(self._clock()):
+                    evaluation = await asyncio.to_thread(controller.evaluate)
+                    if evaluation is None or self._controllers.get(name) is not controller:
+                        continue
+                    before = controller.state
+                    changed = controller.apply(evaluation, self._clock())
+                    self._recorded(controller, before, republish=changed)
+            except Exception:  # one route's fault must not stop the others' rollouts, nor repeat every tick
+                logger.exception("rollout of route %s: evaluation failed; trying again in one interval", name)
+                controller.postpone(self._clock())
 
     async def idle(self) -> None:
         """Wait for the validation jobs running now (tests)."""
@@ -359,20 +405,24 @@ class RolloutManager:
             await asyncio.sleep(period)
 
     def _start_validation(self, name: str, controller: RolloutController) -> None:
-        job = self._job(name, controller)
         controller.validating = True
+        before = controller.state
+        if controller.settings.validate is None:  # the block was removed by a reload (or after a restart)
+            controller.validated(True, "no validate block", None, self._clock())
+            self._recorded(controller, before)
+            return
+        job = self._job(name, controller)
         if job is None:
-            before = controller.state
             controller.validated(
                 False, "validation failed: the candidate or the baseline is not loaded", None, self._clock()
             )
             self._recorded(controller, before)
             return
-        task = asyncio.get_running_loop().create_task(self._validate(controller, job))
+        task = asyncio.get_running_loop().create_task(self._validate(controller, job, controller.epoch))
         self._jobs.add(task)
         task.add_done_callback(self._jobs.discard)
 
-    async def _validate(self, controller: RolloutController, job: ValidationJob) -> None:
+    async def _validate(self, controller: RolloutController, job: ValidationJob, epoch: int) -> None:
         try:
             outcome = await asyncio.to_thread(self._validator, job)
         except Exception as exc:
@@ -381,7 +431,7 @@ class RolloutManager:
         if self._controllers.get(job.route) is not controller:
             return  # the rollout restarted or ended meanwhile
         before = controller.state
-        controller.validated(outcome.passed, outcome.summary, outcome.report, self._clock())
+        controller.validated(outcome.passed, outcome.summary, outcome.report, self._clock(), epoch)
         self._recorded(controller, before)
 
     def _job(self, name: str, controller: RolloutController) -> ValidationJob | None:

@@ -187,7 +187,7 @@ def test_rollout_status_and_actions_against_a_live_gateway(served: Server, capsy
     assert re.search(r"^  candidate\s+canary \(version 2\)$", out, re.MULTILINE)
     assert re.search(r"^  baseline\s+stable \(version 1\)$", out, re.MULTILINE)
     assert re.search(r"^  step\s+1 of 2, weight 0%, shadow 100%, \S+ of 1h00m, \d+ of 1000 requests$", out, re.M)
-    assert re.search(r"^  weights\s+stable 100%, canary 0%$", out, re.MULTILINE)
+    assert re.search(r"^  weights\s+canary 0%, stable 100%$", out, re.MULTILINE)
     assert re.search(r"^  failed checks\s+0 of 2", out, re.MULTILINE)
     assert re.search(rf"^    {ISO}  validating -> shadowing  step 1  no validate block", out, re.MULTILINE)
 

@@ -80,7 +80,7 @@ def gates(*verdicts: GateVerdict) -> tuple[GateResult, ...]:
 
 
 def look(controller: RolloutController, clock: Clock, *verdicts: GateVerdict, requests: int = 10_000) -> bool:
-    evaluation = Evaluation(controller.state.step, gates(*verdicts), requests, OBSERVATIONS)
+    evaluation = Evaluation(controller.epoch, gates(*verdicts), requests, OBSERVATIONS)
     return controller.apply(evaluation, clock.now)
 
 
@@ -202,7 +202,7 @@ def test_too_few_requests_past_the_deadline_fails_and_says_so() -> None:
 def test_an_evaluation_of_a_step_already_left_is_ignored() -> None:
     controller, clock = make()
     validated(controller, clock)
-    stale = Evaluation(0, gates("fail"), 10_000, OBSERVATIONS)
+    stale = Evaluation(controller.epoch, gates("fail"), 10_000, OBSERVATIONS)
     clock.now += 30
     assert look(controller, clock, "pass")
     assert not controller.apply(stale, clock.now)
@@ -331,3 +331,56 @@ def test_state_from_json_refuses_a_malformed_history() -> None:
     state["history"] = [{"at": 1}]
     with pytest.raises(ValueError, match="missing or malformed"):
         state_from_json(state)
+
+
+def test_an_evaluation_begun_before_a_pause_and_resume_is_ignored() -> None:
+    controller, clock = make()
+    validated(controller, clock)
+    stale = Evaluation(controller.epoch, gates("pass"), 10_000, OBSERVATIONS)
+    controller.act("pause", clock.now)
+    assert controller.recorder is None  # a paused step judges nothing: no taps, no shadow sink
+    controller.act("resume", clock.now)
+    assert controller.recorder is not None
+    clock.now += 1000
+    assert not controller.apply(stale, clock.now)  # read the old window: its passes must not count in the new one
+    assert controller.results == ()
+
+
+def test_a_validation_of_an_earlier_attempt_is_ignored() -> None:
+    controller, clock = make()
+    epoch = controller.epoch
+    controller.act("abort", clock.now)
+    controller.act("retry", clock.now)
+    assert not controller.validated(True, "validation passed", None, clock.now, epoch)
+    assert phase(controller) == "validating"
+    assert controller.validated(True, "validation passed", None, clock.now, controller.epoch)
+
+
+def test_new_gates_clear_what_had_passed_in_the_step() -> None:
+    controller, clock = make()
+    validated(controller, clock)
+    clock.now += 30
+    look(controller, clock, "pass", "inconclusive")
+    controller.update_settings(dataclasses.replace(SETTINGS, gates=Gates(max_error_rate=0.001)), clock.now)
+    assert controller.state.step_started_at == clock.now  # the step is observed afresh against the new gates
+    clock.now += 30
+    assert not look(controller, clock, "inconclusive", "pass")  # g0's old pass no longer counts
+    assert controller.results[0].verdict == "inconclusive"
+
+
+def test_new_steps_never_raise_the_weight_without_a_judged_step() -> None:
+    controller, clock = make()
+    validated(controller, clock)
+    clock.now += 30
+    look(controller, clock, "pass")
+    assert controller.traffic() == Traffic(0.05, 0.0)  # step 2, 5 %
+    fewer = dataclasses.replace(SETTINGS, steps=(Step(weight=50, duration=10), Step(weight=100, duration=10)))
+    controller.update_settings(fewer, clock.now)  # no new step at 5 % or below: the first one, as the file asks
+    assert controller.state.step == 0 and controller.traffic() == Traffic(0.5, 0.0)
+    steps = (Step(shadow=100, duration=10), Step(weight=2, duration=10), Step(weight=40, duration=10))
+    controller, clock = make()
+    validated(controller, clock)
+    clock.now += 30
+    look(controller, clock, "pass")
+    controller.update_settings(dataclasses.replace(SETTINGS, steps=steps), clock.now)
+    assert controller.state.step == 1 and controller.traffic() == Traffic(0.02, 0.0)  # the last step at <= 5 %

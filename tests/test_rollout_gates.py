@@ -162,3 +162,35 @@ def test_gates_switched_off_are_skipped() -> None:
         block_on_drift=False, max_prediction_shift_js=None,
     )  # fmt: skip
     assert {r.verdict for r in evaluate(off, LIVE, observe())} == {"skipped"}
+
+
+def test_a_margin_of_zero_against_a_baseline_without_errors_never_crashes() -> None:
+    gates = Gates(max_error_rate_increase=0.0)
+    clean = observe(candidate=Arm(5000, 0), baseline=Arm(50_000, 0))
+    assert gate("error_rate_increase", gates, LIVE, clean).verdict == "inconclusive"  # nothing is below 0
+    worse = observe(candidate=Arm(5000, 50), baseline=Arm(50_000, 0))
+    assert gate("error_rate_increase", gates, LIVE, worse).verdict == "fail"
+
+
+def test_at_weight_100_the_comparisons_are_skipped() -> None:
+    results = {r.name: r for r in evaluate(Gates(), Step(weight=100), observe(candidate=Arm(5000, 0)))}
+    assert results["error_rate"].verdict == "pass"
+    for name in ("error_rate_increase", "p99_latency_ratio", "prediction_shift"):
+        assert results[name].verdict == "skipped" and "baseline serves no traffic" in results[name].detail
+
+
+def test_latency_is_skipped_in_a_shadow_step_when_no_copy_could_be_paired() -> None:
+    shadow = ShadowArm(completed=500)  # a batched primary: no model time of its own, so no pairs
+    result = gate("p99_latency_ratio", Gates(), SHADOW, observe(shadow=shadow))
+    assert result.verdict == "skipped" and "no paired latency" in result.detail
+
+
+def test_the_prediction_shift_spends_its_alpha_over_the_looks() -> None:
+    # A shift over the limit whose G-test p sits between alpha/look^2-ish and alpha: failed at the first look,
+    # not at the hundredth, where the same evidence is one of many chances.
+    moved = observe(candidate=Arm(predictions=labels(400, 0.45, 5)), baseline=Arm(predictions=labels(400, 0.63, 6)))
+    gates = Gates(max_prediction_shift_js=0.1, alpha=0.01)
+    first = evaluate(gates, LIVE, moved, look=1)[-1]
+    late = evaluate(gates, LIVE, moved, look=100)[-1]
+    assert first.verdict == "fail", first.detail
+    assert late.verdict == "inconclusive", late.detail

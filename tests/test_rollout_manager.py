@@ -453,3 +453,80 @@ def test_a_drifting_candidate_is_rolled_back_on_the_drift_gate(
     assert status["phase"] == "failed" and "drift" in status["reason"], status["reason"]
     drift = next(g for g in status["gates"] if g["gate"] == "drift")
     assert drift["verdict"] == "fail" and "the candidate is drifting" in drift["detail"]
+
+
+def test_a_promotion_survives_the_old_baseline_file_being_touched(
+    repo: Path, tmp_path: Path, rig_factory: Callable[[str], Rig]
+) -> None:
+    """A rollout is identified by its models' bytes, not their dates: a re-synced repository is the same rollout."""
+    local = tmp_path / "repo"
+    shutil.copytree(repo, local)
+    text = config(local, tmp_path)
+    rig = rig_factory(text)
+    assert rig.client.post("/admin/rollouts/affine/promote").json()["phase"] == "succeeded"
+    rig.call(rig.manager.flush)
+    baseline = local / "affine" / "1" / "model.onnx"
+    baseline.write_bytes(baseline.read_bytes())  # same bytes, new date (and inode)
+    assert rig.rewrite(text + "# a comment\n") == "applied"
+    assert rig.status()["phase"] == "succeeded" and rig.weight("canary") == 1.0
+    rig.client.__exit__(None, None, None)
+    restarted = rig_factory(text)
+    assert restarted.status()["phase"] == "succeeded" and restarted.weight("canary") == 1.0
+    assert restarted.send(20) == {"2": 20}
+
+
+def test_one_failing_evaluation_does_not_stop_the_rollouts(
+    repo: Path, tmp_path: Path, rig_factory: Callable[[str], Rig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig = rig_factory(config(repo, tmp_path))
+    controller = rig.manager.controllers["affine"]
+
+    def broken() -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(controller, "evaluate", broken)
+    rig.tick()  # logged, not raised
+    assert not controller.due(rig.clock.now)  # tried again one interval later, not at every tick
+    monkeypatch.undo()
+    rig.run_until({"progressing"})
+
+
+def test_sticky_users_move_only_from_the_baseline_to_the_candidate_with_a_third_version(
+    repo: Path, tmp_path: Path, rig_factory: Callable[[str], Rig]
+) -> None:
+    text = (
+        f"model_repository: {repo}\nroutes:\n  affine:\n"
+        "    versions: {canary: 2, other: 3, stable: 1}\n"  # the candidate declared first: the hard case
+        "    split: {weights: {other: 20, stable: 80}, baseline: stable, sticky: {key: [header:x-user-id], salt: s3}}\n"
+        "    rollout:\n      candidate: canary\n"
+        "      steps: [{weight: 5, duration: 1}, {weight: 25, duration: 1}, {weight: 50, duration: 1}]\n"
+        f"      gates: {GATES}\n      state_file: {tmp_path / 'sticky.json'}\n"
+    )
+    rig = rig_factory(text)
+    users = [f"user-{i}" for i in range(600)]
+
+    def served() -> dict[str, str]:
+        out = {}
+        for user in users:
+            response = rig.client.post("/v2/models/affine/infer", content=BODY, headers={"x-user-id": user})
+            out[user] = response.headers["x-gateway-route"].split(";")[0].split("/")[1]
+        return out
+
+    seen = [served()]
+    for step in (2, 3):
+        for _ in range(40):  # traffic and looks until the rollout moves on by itself
+            if rig.status()["step"]["index"] == step:
+                break
+            rig.send(150)
+            rig.tick()
+        assert rig.status()["step"]["index"] == step, rig.status()["reason"]
+        seen.append(served())
+    for before, after in zip(seen, seen[1:], strict=False):
+        moves = {(before[u], after[u]) for u in users if before[u] != after[u]}
+        assert moves <= {("stable", "canary")}, moves
+        assert all(after[u] == "other" for u in users if before[u] == "other")
+    shares = [sum(v == "other" for v in s.values()) / len(users) for s in seen]
+    assert all(0.12 < share < 0.28 for share in shares)  # the other version keeps its 20 % (binomial: 3.3 sd)
+
+
+BODY = orjson.dumps({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [1, 1, 1, 1]}]})

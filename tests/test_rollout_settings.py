@@ -757,3 +757,8 @@ GOOD = [
 def test_the_schema_and_the_parser_accept_good_blocks(text: str, validator: jsonschema.Draft202012Validator) -> None:
     assert schema_errors(validator, text) == []
     features(text)
+
+
+def test_a_step_at_weight_100_cannot_shadow() -> None:
+    with pytest.raises(ConfigError, match=r"steps\[0\]\.shadow: at weight 100 no other version serves traffic"):
+        rollout("{candidate: canary, steps: [{weight: 100, shadow: 50}]}")

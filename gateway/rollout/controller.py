@@ -61,7 +61,7 @@ NO_TRAFFIC = Traffic(0.0)
 class Evaluation:
     """One look at the current step (computed off the event loop, applied on it)."""
 
-    step: int
+    epoch: int  # the observation window it read (see RolloutController.epoch)
     results: tuple[GateResult, ...]
     requests: int  # what the step's min_requests counts: the candidate's answered requests, or shadow copies
     observations: StepObservations
@@ -85,6 +85,14 @@ def traffic_of(state: RolloutState | None, settings: RolloutSettings) -> Traffic
     if phase == "succeeded":
         return Traffic(1.0, 0.0, promoted=True)
     return NO_TRAFFIC  # validating, failed, aborted
+
+
+def _continue_at(steps: tuple[Step, ...], current: Step, index: int) -> int:
+    """Where a rollout at `current` (index `index` of the old steps) continues in the new `steps`."""
+    if index < len(steps) and steps[index] == current:
+        return index
+    lower = [i for i, step in enumerate(steps) if step.weight <= current.weight]
+    return lower[-1] if lower else 0
 
 
 def _step_phase(step: Step) -> Phase:
@@ -122,6 +130,10 @@ class RolloutController:
         self.requests = 0  # the latest evaluation's count towards min_requests
         self.validating = False  # a validation job is running
         self._passed: set[str] = set()  # gates that have passed in the current step
+        self._looks = 0  # evaluations of the current observation window
+        # Bumped whenever the observation window starts over (a step entered or restarted, a resume, a reload that
+        # changes what is judged, a retry): an evaluation or validation that began before belongs to the old one.
+        self.epoch = 0
         self._next = now
         self._renew_recorder()
 
@@ -143,6 +155,10 @@ class RolloutController:
     def due(self, now: float) -> bool:
         return self._state.phase in ("shadowing", "progressing") and now >= self._next
 
+    def postpone(self, now: float) -> None:
+        """Look again one interval from now (an evaluation that failed)."""
+        self._next = now + self._settings.interval
+
     # --- evaluation --------------------------------------------------------------------------------------------
 
     def evaluate(self) -> Evaluation | None:
@@ -151,18 +167,20 @@ class RolloutController:
         recorder, state = self.recorder, self._state
         if recorder is None or state.phase not in ("shadowing", "progressing"):
             return None
+        epoch = self.epoch
         step = self._settings.step(state.step)
         observations = recorder.read()
-        results = evaluate(self._settings.gates, step, observations)
+        results = evaluate(self._settings.gates, step, observations, look=self._looks + 1)
         requests = observations.candidate.requests if step.weight > 0 else observations.shadow.answered
-        return Evaluation(state.step, results, requests, observations)
+        return Evaluation(epoch, results, requests, observations)
 
     def apply(self, evaluation: Evaluation, now: float) -> bool:
         """Act on an evaluation; True when the phase or the step changed (the traffic plan must be republished)."""
         state, settings = self._state, self._settings
         self._next = now + settings.interval
-        if state.phase not in ("shadowing", "progressing") or evaluation.step != state.step:
-            return False  # the state moved (an admin action, a reload) while the evaluation ran
+        if state.phase not in ("shadowing", "progressing") or evaluation.epoch != self.epoch:
+            return False  # the window moved (an admin action, a reload) while the evaluation ran
+        self._looks += 1
         results = self._latched(evaluation.results)
         self.results, self.requests = results, evaluation.requests
         step = settings.step(state.step)
@@ -206,8 +224,13 @@ class RolloutController:
 
     # --- transitions -------------------------------------------------------------------------------------------
 
-    def validated(self, passed: bool, summary: str, report: dict[str, object] | None, now: float) -> bool:
-        """The validation job's outcome. Ignored unless the rollout is still validating."""
+    def validated(
+        self, passed: bool, summary: str, report: dict[str, object] | None, now: float, epoch: int | None = None
+    ) -> bool:
+        """The validation job's outcome. Ignored unless the rollout is still validating the same attempt (`epoch`,
+        when given, is the one the job started in: an abort and retry meanwhile starts another attempt)."""
+        if epoch is not None and epoch != self.epoch:
+            return False
         self.validating = False
         state = self._state
         if state.phase != "validating":
@@ -228,6 +251,7 @@ class RolloutController:
             if phase not in ("shadowing", "progressing"):
                 raise ConflictError(f"rollout of route '{self.route}' is {phase}; only a running step can be paused")
             self._state = state.moved("paused", now, "paused by an operator", resume_to=phase)
+            self._new_window(now, observe=False)  # a paused step judges nothing: its taps and shadow sink go
         elif action == "resume":
             if phase != "paused":
                 raise ConflictError(f"rollout of route '{self.route}' is {phase}, not paused")
@@ -235,8 +259,7 @@ class RolloutController:
             self._state = state.moved(
                 resumed, now, "resumed by an operator", resume_to=None, manual_weight=None, step_started_at=now
             )
-            self._passed.clear()
-            self._renew_recorder()
+            self._new_window(now)
         elif action == "promote":
             if phase == "succeeded":
                 raise ConflictError(f"rollout of route '{self.route}' has already succeeded")
@@ -261,6 +284,7 @@ class RolloutController:
                 "paused", now, f"candidate weight edited by hand to {weight:g}: paused, the file's weights apply",
                 resume_to=state.phase, manual_weight=weight,
             )  # fmt: skip
+            self._new_window(now, observe=False)
         elif state.phase == "paused":
             self._state = dataclasses.replace(state, manual_weight=weight)
 
@@ -272,37 +296,58 @@ class RolloutController:
         history = (*old.history, first, *fresh.history[1:])[-MAX_HISTORY:]
         self._state = dataclasses.replace(fresh, history=history)
         self.results, self.requests, self.validating = (), 0, False
-        self._passed.clear()
-        self._renew_recorder()
+        self._new_window(now)
 
     def update_settings(self, settings: RolloutSettings, now: float) -> bool:
-        """A reload changed the steps, gates or timings: continue from the current step (the last one if there are
-        fewer steps now). True when the traffic plan changed."""
-        before = self.traffic()
+        """A reload changed the steps, gates or timings: continue from the current step. True when the traffic plan
+        changed.
+
+        If the steps changed, the rollout continues at the last new step whose weight is at most the current one (the
+        same step when it is still there), so a reload does not raise the candidate's traffic past a step it could
+        be judged at; when every new step is above the current weight, at the first new step, as the file asks.
+        If what the current step is judged on changed (its step or the gates), its observation starts over: a gate
+        that passed against the old threshold must pass again against the new one.
+        """
+        before, old = self.traffic(), self._settings
         self._settings = settings
         state = self._state
-        if state.step >= len(settings.steps):
-            self._state = dataclasses.replace(state, step=len(settings.steps) - 1)
+        current = old.step(state.step) if state.step >= 0 else None
+        if settings.steps != old.steps and state.step >= 0 and current is not None:
+            index = _continue_at(settings.steps, current, state.step)
+            if index != state.step:
+                self._state = dataclasses.replace(state, step=index)
         self._next = min(self._next, now + settings.interval)
+        judged_anew = settings.gates != old.gates or (
+            state.step >= 0 and current is not None and settings.step(self._state.step) != current
+        )
         changed = self.traffic() != before
-        if changed:
-            self._renew_recorder()
+        if (changed or judged_anew) and self._state.phase in ("shadowing", "progressing"):
+            self._state = dataclasses.replace(self._state, step_started_at=now)
+            self._new_window(now)
         return changed
 
     def _enter(self, index: int, now: float, reason: str) -> bool:
         step = self._settings.steps[index]
         self._state = self._state.moved(_step_phase(step), now, reason, step=index, step_started_at=now)
         self.results, self.requests = (), 0
-        self._passed.clear()
         self._next = now + self._settings.interval
-        self._renew_recorder()
+        self._new_window(now)
         return True
+
+    def _new_window(self, now: float, *, observe: bool = True) -> None:
+        """Start the observation over: a new epoch, nothing latched, no looks yet, a fresh recorder (or none)."""
+        self.epoch += 1
+        self._passed.clear()
+        self._looks = 0
+        if observe:
+            self._renew_recorder()
+        else:
+            self._replace_recorder(None)
 
     def _finish(self, phase: Phase, now: float, reason: str, failed_checks: int | None = None) -> bool:
         checks = self._state.failed_checks if failed_checks is None else failed_checks
         self._state = self._state.moved(phase, now, reason, failed_checks=checks, resume_to=None, manual_weight=None)
-        self._replace_recorder(None)
-        self._passed.clear()
+        self._new_window(now, observe=False)
         return True
 
     def _renew_recorder(self) -> None:

@@ -74,10 +74,11 @@ def _finite(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else value
 
 
-def evaluate(gates: Gates, step: Step, observations: StepObservations) -> tuple[GateResult, ...]:
-    """Every gate's verdict on the step so far, in a fixed order."""
+def evaluate(gates: Gates, step: Step, observations: StepObservations, *, look: int = 1) -> tuple[GateResult, ...]:
+    """Every gate's verdict on the step so far, in a fixed order. `look` counts the evaluations of this step's
+    window (1 for the first): the one gate that is not always-valid spends its alpha over the looks."""
     live = step.weight > 0
-    if step.weight >= 100 and step.shadow <= 0:
+    if step.weight >= 100:
         # The baseline serves nothing here: the comparisons were made on the steps before; this step soaks the
         # candidate at full traffic on its absolute gates (errors, drift).
         alone = "the baseline serves no traffic in this step"
@@ -95,7 +96,7 @@ def evaluate(gates: Gates, step: Step, observations: StepObservations) -> tuple[
         _latency_ratio(gates, observations, live),
         _agreement(gates, observations, step),
         _drift(gates, observations),
-        _prediction_shift(gates, observations, live),
+        _prediction_shift(gates, observations, live, look),
     )
 
 
@@ -161,9 +162,13 @@ def _error_rate_increase(gates: Gates, observations: StepObservations, live: boo
     detail = f"candidate {errors}/{n}, baseline {base_errors}/{base_n} (confidence [{base_low:.4f}, {base_high:.4f}])"
     fail_at = base_high + margin
     pass_at = base_low + margin
-    if fail_at < 1.0 and log_evidence(errors, n, fail_at, "above") >= -math.log(gates.alpha / 2):
+    # A bound of exactly 0 or 1 is no rate to test against: nothing can be shown above 1, or below 0 (a margin of 0
+    # against a baseline with no errors can never pass, only fail).
+    if 0.0 < fail_at < 1.0 and log_evidence(errors, n, fail_at, "above") >= -math.log(gates.alpha / 2):
         return GateResult(name, "fail", value, margin, n, detail)
-    if pass_at >= 1.0 or log_evidence(errors, n, pass_at, "below") >= -math.log(gates.pass_alpha / 2):
+    if pass_at >= 1.0 or (
+        pass_at > 0.0 and log_evidence(errors, n, pass_at, "below") >= -math.log(gates.pass_alpha / 2)
+    ):
         return GateResult(name, "pass", value, margin, n, detail)
     return GateResult(name, "inconclusive", value, margin, n, detail)
 
@@ -187,6 +192,10 @@ def _latency_ratio(gates: Gates, observations: StepObservations, live: bool) -> 
         candidate, baseline = observations.shadow.shadow_latency, observations.shadow.primary_latency
         what = "request latency, the candidate's estimated from paired shadow copies"
     n, base_n = int(candidate.sum()), int(baseline.sum())
+    if not live and n == 0 and observations.shadow.completed >= gates.min_samples:
+        # A batched primary reports no model time of its own, so no copy can be paired with its request: the gate
+        # has nothing to judge in a shadow step (it judges the candidate's served latency in the weight steps).
+        return GateResult(name, "skipped", None, ratio, 0, "no paired latency: the primary reports no model time")
     early = _too_few(name, ratio, min(n, base_n), gates.min_samples, f"samples per version ({what})")
     if early is not None:
         return early
@@ -232,18 +241,26 @@ def _drift(gates: Gates, observations: StepObservations) -> GateResult:
     drift = observations.drift
     if not drift.monitored:
         return GateResult(name, "skipped", detail="drift monitoring is off for the candidate (no drift: or profile)")
+    if drift.windows == 0:
+        # Only windows closed in this step count: a verdict from before (an earlier attempt, a step since passed)
+        # says nothing about the traffic being judged now.
+        return GateResult(
+            name, "inconclusive", None, 0.0, 0, "no drift window has closed for the candidate in this step"
+        )
     if drift.drifting:
         features = ", ".join(drift.drifted_features) or "see /admin/drift"
         return GateResult(name, "fail", 1.0, 0.0, drift.windows, f"the candidate is drifting ({features})")
-    if drift.windows == 0:
-        return GateResult(name, "inconclusive", None, 0.0, 0, "no drift window has closed for the candidate yet")
-    return GateResult(name, "pass", 0.0, 0.0, drift.windows, f"not drifting after {drift.windows} window(s)")
+    return GateResult(name, "pass", 0.0, 0.0, drift.windows, f"not drifting after {drift.windows} window(s) this step")
 
 
-def _prediction_shift(gates: Gates, observations: StepObservations, live: bool) -> GateResult:
+def _prediction_shift(gates: Gates, observations: StepObservations, live: bool, look: int) -> GateResult:
     """JS distance between the candidate's and the baseline's prediction distributions (labels, or values in
-    deciles of both). Fails when the distance is over the limit AND a G-test of homogeneity says it is no noise
-    (p < alpha); passes when the distance is within the limit."""
+    deciles of both). Fails when the distance is over the limit AND a G-test of homogeneity says it is no noise;
+    passes when the distance is within the limit.
+
+    The G-test is a fixed-sample test, so looked at every interval it would fail a good candidate far more often
+    than alpha. It spends alpha over the looks instead: look k tests at alpha * 6 / (pi^2 k^2), whose sum over
+    every k is alpha (a union bound, valid however long the step lasts)."""
     name, limit = "prediction_shift", gates.max_prediction_shift_js
     if limit is None:
         return GateResult(name, "skipped", detail="off")
@@ -259,7 +276,7 @@ def _prediction_shift(gates: Gates, observations: StepObservations, live: bool) 
     distance = js_distance(base_counts, counts)
     p = _g_test(counts, base_counts)
     detail = f"JS distance over {len(counts)} bins, G-test p = {p:.2g} ({n} and {base_n} predictions)"
-    if distance > limit and p < gates.alpha:
+    if distance > limit and p < gates.alpha * 6.0 / (math.pi**2 * look**2):
         return GateResult(name, "fail", distance, limit, n, detail)
     if distance <= limit:
         return GateResult(name, "pass", distance, limit, n, detail)

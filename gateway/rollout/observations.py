@@ -18,7 +18,7 @@ from typing import Any, Final, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from gateway.drift.monitor import DriftMonitor
+from gateway.drift.monitor import DriftMonitor, VersionSnapshot
 from gateway.drift.sampler import DriftKey
 from gateway.metrics import VersionMetrics
 from gateway.prediction import PredictionError, PredictionReader, Task
@@ -82,7 +82,7 @@ class ShadowArm:
 @dataclass(frozen=True, slots=True)
 class DriftVerdict:
     monitored: bool = False  # drift is on for the route and the candidate has a profile
-    windows: int = 0  # windows the candidate has been judged on (since it was loaded)
+    windows: int = 0  # windows closed for the candidate since the step began
     drifting: bool = False
     drifted_features: tuple[str, ...] = ()
 
@@ -178,6 +178,8 @@ class LocalRecorder:
         self._paired = (_Accumulator(), _Accumulator())  # (primary, shadow)
         self._lock = threading.Lock()
         self.shadow_overflow = 0  # shadow results dropped because the controller fell behind
+        # The candidate's drift windows closed before this step are not this step's evidence.
+        self._windows_before = self._drift_snapshot()[0]
 
     @property
     def taps(self) -> Mapping[str, Tap]:
@@ -277,13 +279,17 @@ class LocalRecorder:
             shadow_predictions=shadow.predictions(),
         )
 
+    def _drift_snapshot(self) -> tuple[int, VersionSnapshot | None]:
+        snapshot = None if self._monitor is None else self._monitor.snapshot().get(self._candidate.drift_key)
+        return (0 if snapshot is None else snapshot.windows_total), snapshot
+
     def _drift(self) -> DriftVerdict:
-        if self._monitor is None:
-            return DriftVerdict()
-        snapshot = self._monitor.snapshot().get(self._candidate.drift_key)
+        windows, snapshot = self._drift_snapshot()
         if snapshot is None:
             return DriftVerdict()
         drifted: tuple[str, ...] = ()
         if snapshot.window is not None:
             drifted = tuple(f.name for f in snapshot.window.features if f.drifted)
-        return DriftVerdict(True, snapshot.windows_total, snapshot.drifting, drifted)
+        # A re-registered monitor (a reloaded profile) starts its count again: then every window is this step's.
+        since = windows - self._windows_before if windows >= self._windows_before else windows
+        return DriftVerdict(True, since, snapshot.drifting, drifted)

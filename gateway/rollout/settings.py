@@ -188,6 +188,8 @@ def _parse_steps(data: object, path: str) -> tuple[Step, ...]:
         )
         if step.weight == 0 and step.shadow == 0:
             raise ConfigError(f"{where}: a step with weight 0 must shadow some traffic (shadow > 0)")
+        if step.weight >= 100 and step.shadow > 0:
+            raise ConfigError(f"{where}.shadow: at weight 100 no other version serves traffic to copy; drop the shadow")
         if steps and step.weight < steps[-1].weight:
             raise ConfigError(
                 f"{where}.weight: {step.weight:g} is below the previous step's {steps[-1].weight:g}; weights only rise"

@@ -29,14 +29,14 @@ MAX_HISTORY = 200
 @dataclass(frozen=True, slots=True)
 class Identity:
     """What a rollout is about. Any change starts a new rollout: another candidate or baseline, or a model file
-    replaced in place (same version number, new bytes)."""
+    replaced in place (same version number, new bytes; a file only touched or copied anew is the same)."""
 
     candidate: str
     candidate_version: int
-    candidate_model: str  # "<size>:<mtime_ns>" of the candidate's model file
+    candidate_model: str  # sha256 of the candidate's model file
     baseline: str
     baseline_version: int
-    baseline_model: str
+    baseline_model: str  # sha256 of the baseline's model file
 
     def describe(self) -> str:
         return f"{self.candidate} (version {self.candidate_version}) against {self.baseline} ({self.baseline_version})"
