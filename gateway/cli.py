@@ -51,6 +51,11 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )  # fmt: skip
     p.add_argument("--reload-interval", type=float, default=1.0, help="seconds between config content checks")
     p.add_argument(
+        "--transport", choices=["direct", "plain"], default="direct",
+        help="direct: inference requests answered straight from the HTTP parser (default); plain: everything through"
+        " ASGI (also taken by itself when the installed uvicorn lacks what the direct path needs)",
+    )  # fmt: skip
+    p.add_argument(
         "--drain-delay", type=float, default=5.0,
         help="seconds to keep accepting after SIGTERM, answering with Connection: close and readiness 503 (default 5)",
     )  # fmt: skip
@@ -104,8 +109,9 @@ def serve(args: argparse.Namespace) -> int:
     for name in routes:
         logger.info("  %s/v2/models/%s/infer", base, name)
     logger.info("  %s/v2/health/ready   %s/metrics", base, base)
+    protocol = protocol_for(app.state.dataplane, plain=args.transport == "plain")
     config = uvicorn.Config(
-        app, host=args.host, port=args.port, loop="uvloop", http=protocol_for(app.state.dataplane),
+        app, host=args.host, port=args.port, loop="uvloop", http=protocol,
         log_level=args.log_level, access_log=False, lifespan="on", server_header=False,
         timeout_graceful_shutdown=max(args.drain_timeout, 0.0),
     )  # fmt: skip

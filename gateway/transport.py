@@ -9,14 +9,18 @@ owns the connection: keep-alive timers, flow control, graceful shutdown, the tas
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Coroutine, Generator, Sequence
 from typing import Any
 
+from uvicorn import __version__ as uvicorn_version
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from gateway.dataplane import DataPlane
 from gateway.endpoints import DECISION_HEADER, RawHeaders, failure, infer_target, refusal, success
 from gateway.errors import PayloadTooLargeError
+
+logger = logging.getLogger(__name__)
 
 _JSON_LENGTH = b"\r\ncontent-type: application/json\r\ncontent-length: "
 
@@ -240,8 +244,84 @@ class _Continue:
                 return
 
 
-def protocol_for(dataplane: DataPlane) -> type[InferenceProtocol]:
-    """The protocol class uvicorn instantiates per connection, bound to this data plane."""
-    return type(
-        "BoundInferenceProtocol", (InferenceProtocol,), {"dataplane": dataplane, "head": _Head(), "targets": _Targets()}
-    )
+# What the direct path takes from uvicorn beyond its public API: the methods it overrides or calls, and the state
+# an instance holds once a connection is made. Checked at start-up (`internals_missing`).
+_METHODS = (
+    "on_message_begin", "on_headers_complete", "on_body", "on_message_complete", "on_response_complete", "shutdown",
+    "connection_made",
+)  # fmt: skip
+_STATE = ("url", "headers", "expect_100_continue", "parser", "cycle", "transport", "server_state", "tasks", "loop")
+_PARSER = ("get_method", "should_upgrade", "get_http_version", "should_keep_alive")
+
+
+def internals_missing() -> str | None:
+    """None when this uvicorn has every internal the direct path relies on; else the first one it lacks.
+
+    The check builds a protocol the way uvicorn does and makes a connection on a stand-in transport, so it sees the
+    attributes an instance really has, not only the class's."""
+    if 200 not in STATUS_LINE:
+        return "STATUS_LINE[200]"
+    for name in _METHODS:
+        if not callable(getattr(HttpToolsProtocol, name, None)):
+            return f"HttpToolsProtocol.{name}"
+    try:
+        from uvicorn.config import Config
+        from uvicorn.server import ServerState
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:  # pragma: no cover - never called
+            pass
+
+        config = Config(app, http=HttpToolsProtocol, lifespan="off", log_config=None)
+        config.load()
+        protocol = HttpToolsProtocol(config=config, server_state=ServerState(), app_state={})
+        protocol.connection_made(_Probe())  # type: ignore[arg-type]
+        protocol.on_message_begin()  # what a request's start sets: the URL, headers, the 100-continue flag
+    except Exception as exc:  # any surprise in a newer uvicorn means the same: take the plain path
+        return f"a protocol cannot be built as before ({type(exc).__name__}: {exc})"
+    for name in _STATE:
+        if not hasattr(protocol, name):
+            return f"HttpToolsProtocol().{name}"
+    for name in _PARSER:
+        if not callable(getattr(protocol.parser, name, None)):
+            return f"the parser's {name}"
+    if not hasattr(protocol.server_state, "default_headers"):
+        return "ServerState.default_headers"
+    return None
+
+
+class _Probe:
+    """A transport that is never written to: enough for `connection_made`."""
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 0), "peername": ("127.0.0.1", 0)}.get(name, default)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def protocol_for(dataplane: DataPlane, *, plain: bool = False) -> type[HttpToolsProtocol]:
+    """The protocol class uvicorn instantiates per connection, bound to this data plane: the direct path, or,
+    when asked (`plain`) or when this uvicorn lacks an internal it relies on, uvicorn's own protocol, which serves
+    everything through the ASGI app (correct, slower)."""
+    if not plain:
+        missing = internals_missing()
+        if missing is None:
+            return type(
+                "BoundInferenceProtocol",
+                (InferenceProtocol,),
+                {"dataplane": dataplane, "head": _Head(), "targets": _Targets()},
+            )
+        logger.warning(
+            "uvicorn %s lacks %s, which the direct inference path relies on: serving every request through ASGI",
+            uvicorn_version, missing,
+        )  # fmt: skip
+    return HttpToolsProtocol

@@ -21,8 +21,10 @@ def infer_request(
     return head.encode() + body
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+@pytest.fixture(scope="module", params=["direct", "plain"])
+def served(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Server]:
+    """Every test of this module runs on both transports: the direct path, and uvicorn's own (the fallback when the
+    installed uvicorn lacks an internal the direct path needs), which must answer the same."""
     root = tmp_path_factory.mktemp("t")
     models.affine_repository(root / "repo", {1: 2.0, 2: 3.0})
     config = root / "gateway.yaml"
@@ -30,7 +32,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         f"model_repository: {root / 'repo'}\nserver: {{max_body_bytes: 4096}}\n"
         "routes:\n  affine:\n    versions: {a: 1, b: 2}\n    split: {weights: {b: 1}}\n"
     )
-    with gateway(["--config", str(config)], root / "log") as server:
+    with gateway(["--config", str(config), "--transport", request.param], root / "log") as server:
         yield server
 
 
@@ -151,3 +153,24 @@ def test_request_targets_are_parsed_once_and_the_memory_stays_bounded() -> None:
     assert targets.of(b"/v2/models/" + b"m" * 1_000 + b"/infer") == ("m" * 1_000, None)  # too long to keep
     assert targets.of(b"/elsewhere") is None  # not an inference path: not kept
     assert list(targets._known) == [b"/v2/models/m/infer"]
+
+
+def test_this_uvicorn_has_every_internal_the_direct_path_needs() -> None:
+    from gateway.transport import internals_missing
+
+    assert internals_missing() is None
+
+
+def test_a_uvicorn_without_them_falls_back_to_the_plain_path(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from gateway import transport
+
+    monkeypatch.setattr(transport, "_STATE", (*transport._STATE, "a_future_internal"))
+    assert transport.internals_missing() == "HttpToolsProtocol().a_future_internal"
+    with caplog.at_level("WARNING"):
+        protocol = transport.protocol_for(None)  # type: ignore[arg-type]  # never bound on the fallback
+    assert protocol is HttpToolsProtocol
+    assert "serving every request through ASGI" in caplog.text
