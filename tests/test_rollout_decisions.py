@@ -5,9 +5,9 @@ has served anyone when the rollout starts with a shadow step.
 The runs are seeded, so each count is the same on every run of the same code. The bounds are the issue's: at most
 1 % of good rollouts rolled back (2 of 200) and at least 99 % of bad ones (198 of 200). How far they are from them:
 with seed 1 no good rollout of 200 is rolled back and every bad one is, each on a gate; in 2,000 further good
-rollouts (seed 99) 2 were rolled back, 0.1 % (95 % upper bound 0.36 %), a rate at which 3 or more of 200 has
-probability 0.3 % (3.7 % at the upper bound): a change to the gates that moves the seeded count past 2 is more
-likely a regression than bad luck.
+rollouts (seed 99) none was rolled back, so the rate is below 0.15 % (95 %, rule of three), at which 3 or more of
+200 has probability 0.4 %: a change that moves the seeded count past 2 is far more likely a regression than bad
+luck. (Before the prediction-shift G-test spent its alpha over its looks, 2 of those 2,000 were.)
 """
 
 from __future__ import annotations
