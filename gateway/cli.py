@@ -55,6 +55,14 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="direct: inference requests answered straight from the HTTP parser (default); plain: everything through"
         " ASGI (also taken by itself when the installed uvicorn lacks what the direct path needs)",
     )  # fmt: skip
+    p.add_argument("--header-timeout", type=float, default=10.0, help="seconds a request's headers may take (408)")
+    p.add_argument("--body-timeout", type=float, default=30.0, help="seconds a whole request may take to arrive (408)")
+    p.add_argument("--max-header-bytes", type=int, default=32 * 1024, help="bytes of one request's headers (431)")
+    p.add_argument("--max-headers", type=int, default=100, help="headers in one request (431)")
+    p.add_argument(
+        "--max-connections", type=int, default=None,
+        help="open connections and requests at once; past it requests get 503 (default: no limit)",
+    )  # fmt: skip
     p.add_argument(
         "--drain-delay", type=float, default=5.0,
         help="seconds to keep accepting after SIGTERM, answering with Connection: close and readiness 503 (default 5)",
@@ -77,7 +85,7 @@ def serve(args: argparse.Namespace) -> int:
     from gateway.backends.onnx import OnnxOptions
     from gateway.errors import GatewayError
     from gateway.serving import GatewayServer
-    from gateway.transport import protocol_for
+    from gateway.transport import ReadLimits, protocol_for
 
     config = None if args.model_repository else (args.config or default_config())
     try:
@@ -109,11 +117,12 @@ def serve(args: argparse.Namespace) -> int:
     for name in routes:
         logger.info("  %s/v2/models/%s/infer", base, name)
     logger.info("  %s/v2/health/ready   %s/metrics", base, base)
-    protocol = protocol_for(app.state.dataplane, plain=args.transport == "plain")
+    limits = ReadLimits(args.header_timeout, args.body_timeout, args.max_header_bytes, args.max_headers)
+    protocol = protocol_for(app.state.dataplane, plain=args.transport == "plain", limits=limits)
     config = uvicorn.Config(
         app, host=args.host, port=args.port, loop="uvloop", http=protocol,
         log_level=args.log_level, access_log=False, lifespan="on", server_header=False,
-        timeout_graceful_shutdown=max(args.drain_timeout, 0.0),
+        timeout_graceful_shutdown=max(args.drain_timeout, 0.0), limit_concurrency=args.max_connections,
     )  # fmt: skip
     GatewayServer(config, app.state.dataplane, drain_delay=max(args.drain_delay, 0.0)).run()
     return 0

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Coroutine, Generator, Sequence
+from dataclasses import dataclass
+from time import monotonic
 from typing import Any
 
 from uvicorn import __version__ as uvicorn_version
@@ -19,6 +21,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from gateway.dataplane import DataPlane
 from gateway.endpoints import DECISION_HEADER, RawHeaders, failure, infer_target, refusal, success
 from gateway.errors import PayloadTooLargeError
+from gateway.protocol import encode_error
 
 logger = logging.getLogger(__name__)
 
@@ -95,10 +98,59 @@ class _Targets:
         return target
 
 
+@dataclass(frozen=True, slots=True)
+class ReadLimits:
+    """How much a client may send, and how slowly, before the gateway stops listening to it (nginx's
+    client_header_timeout, client_body_timeout and large_client_header_buffers, in our words)."""
+
+    header_timeout: float = 10.0  # seconds from a connection's first byte (or a request's start) to its headers' end
+    body_timeout: float = 30.0  # seconds from a request's start to its body's end
+    max_header_bytes: int = 32 * 1024  # names and values of one request's headers, together
+    max_headers: int = 100
+
+
+class _Sweeper:
+    """One timer per server, not per request: it looks at every connection once every `period` seconds and answers
+    408 (and closes) those that have been reading one request for too long. A request pays one clock read."""
+
+    def __init__(self, limits: ReadLimits) -> None:
+        self.limits = limits
+        self.period = max(0.05, min(limits.header_timeout, limits.body_timeout) / 4)
+        self.armed = False
+
+    def arm(self, protocol: InferenceProtocol) -> None:
+        if not self.armed:
+            self.armed = True
+            protocol.loop.call_later(self.period, self._sweep, protocol.loop, protocol.connections)
+
+    def _sweep(self, loop: Any, connections: set[Any]) -> None:
+        now = monotonic()
+        limits = self.limits
+        for connection in list(connections):
+            began = getattr(connection, "_began", None)
+            if began is None:
+                continue
+            if connection._headers_done:
+                if now - began > limits.body_timeout:
+                    connection.refuse(408, "the request body did not arrive in time")
+            elif now - began > limits.header_timeout:
+                connection.refuse(408, "the request headers did not arrive in time")
+        if connections:
+            loop.call_later(self.period, self._sweep, loop, connections)
+        else:
+            self.armed = False
+
+
+class _LimitError(Exception):
+    """Raised from a parser callback to stop parsing a request over a limit; `send_400_response` then answers."""
+
+
 class InferenceProtocol(HttpToolsProtocol):
     dataplane: DataPlane  # set on the subclass that `protocol_for` makes
     head: _Head  # shared by the connections of one server, as uvicorn's default headers are
     targets: _Targets  # likewise
+    sweeper: _Sweeper  # likewise: one timer for every connection's read limits
+    limits: ReadLimits
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -106,14 +158,67 @@ class InferenceProtocol(HttpToolsProtocol):
         self._chunks: list[bytes] = []
         self._size = 0
         self._limit = 0
+        self._began: float | None = None  # when the request being read began (None: idle between requests)
+        self._headers_done = False
+        self._header_bytes = 0
+        self._header_count = 0
+        self._refusal: tuple[int, str] | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self._began = monotonic()  # a connection that sends nothing is held no longer than one that trickles
+        self.sweeper.arm(self)
 
     def on_message_begin(self) -> None:
         # uvicorn's own also builds the ASGI scope; that is left to the requests that go its way (below).
         self.url = b""
         self.expect_100_continue = False
         self.headers = []
+        self._began = monotonic()
+        self._headers_done = False
+        self._header_bytes = self._header_count = 0
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # uvicorn's own, with the header limits counted on the way.
+        self._header_bytes += len(name) + len(value)
+        self._header_count += 1
+        limits = self.limits
+        if self._header_bytes > limits.max_header_bytes or self._header_count > limits.max_headers:
+            self._refusal = (
+                431, f"request headers over the limit ({limits.max_headers} headers, {limits.max_header_bytes} bytes)"
+            )  # fmt: skip
+            raise _LimitError
+        name = name.lower()
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        self.headers.append((name, value))
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request the parser refused; a limit's own status when a limit stopped it."""
+        refusal, self._refusal = self._refusal, None
+        if refusal is None:
+            super().send_400_response(msg)
+        else:
+            self.refuse(*refusal)
+
+    def refuse(self, status: int, message: str) -> None:
+        """Answer `status` with `{"error": message}` and close, unless an answer is already on its way."""
+        self._began = None
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and getattr(cycle, "response_started", True):
+            self.transport.close()  # an answer is being written: cutting it short is all that is left
+            return
+        if not self.transport.is_closing():
+            body = encode_error(message)
+            head = [STATUS_LINE[status]]
+            for name, value in self.server_state.default_headers:
+                head += [name, b": ", value, b"\r\n"]
+            head += [b"content-type: application/json\r\ncontent-length: ", str(len(body)).encode()]
+            self.transport.write(b"".join((*head, b"\r\nconnection: close\r\n\r\n", body)))
+        self.transport.close()
 
     def on_headers_complete(self) -> None:
+        self._headers_done = True
         target = self._direct_target()
         if target is None:
             self._target = None
@@ -147,6 +252,7 @@ class InferenceProtocol(HttpToolsProtocol):
             self._chunks.append(body)
 
     def on_message_complete(self) -> None:
+        self._began = None  # read in full: the answer is the server's business now
         if self._target is None:
             super().on_message_complete()
             return
@@ -308,18 +414,24 @@ class _Probe:
         pass
 
 
-def protocol_for(dataplane: DataPlane, *, plain: bool = False) -> type[HttpToolsProtocol]:
+def protocol_for(
+    dataplane: DataPlane, *, plain: bool = False, limits: ReadLimits | None = None
+) -> type[HttpToolsProtocol]:
     """The protocol class uvicorn instantiates per connection, bound to this data plane: the direct path, or,
     when asked (`plain`) or when this uvicorn lacks an internal it relies on, uvicorn's own protocol, which serves
     everything through the ASGI app (correct, slower)."""
     if not plain:
         missing = internals_missing()
         if missing is None:
+            limits = limits or ReadLimits()
             return type(
                 "BoundInferenceProtocol",
                 (InferenceProtocol,),
-                {"dataplane": dataplane, "head": _Head(), "targets": _Targets()},
-            )
+                {
+                    "dataplane": dataplane, "head": _Head(), "targets": _Targets(), "sweeper": _Sweeper(limits),
+                    "limits": limits,
+                },
+            )  # fmt: skip
         logger.warning(
             "uvicorn %s lacks %s, which the direct inference path relies on: serving every request through ASGI",
             uvicorn_version, missing,
