@@ -9,6 +9,7 @@ owns the connection: keep-alive timers, flow control, graceful shutdown, the tas
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Coroutine, Generator, Sequence
 from dataclasses import dataclass
@@ -379,9 +380,13 @@ def internals_missing() -> str | None:
 
         config = Config(app, http=HttpToolsProtocol, lifespan="off", log_config=None)
         config.load()
-        protocol = HttpToolsProtocol(config=config, server_state=ServerState(), app_state={})
-        protocol.connection_made(_Probe())  # type: ignore[arg-type]
-        protocol.on_message_begin()  # what a request's start sets: the URL, headers, the 100-continue flag
+        loop = asyncio.new_event_loop()  # the probe's own: it runs before the server's loop exists, and sets none
+        try:
+            protocol = HttpToolsProtocol(config=config, server_state=ServerState(), app_state={}, _loop=loop)
+            protocol.connection_made(_Probe())  # type: ignore[arg-type]
+            protocol.on_message_begin()  # what a request's start sets: the URL, headers, the 100-continue flag
+        finally:
+            loop.close()
     except Exception as exc:  # any surprise in a newer uvicorn means the same: take the plain path
         return f"a protocol cannot be built as before ({type(exc).__name__}: {exc})"
     for name in _STATE:
