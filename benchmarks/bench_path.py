@@ -24,12 +24,15 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import uvloop
 
 from benchmarks.models import TINY, write_repository
+
+if TYPE_CHECKING:
+    from gateway.transport import StandInTransport
 
 _DATA = [round(0.1 * i - 0.8, 2) for i in range(16)]
 
@@ -65,49 +68,24 @@ def request(body: bytes, headers: Sequence[tuple[bytes, bytes]]) -> bytes:
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
-class _Transport:
-    """Keeps the last write; what the protocol asks of a socket transport, answered as a healthy one would."""
-
-    def __init__(self) -> None:
-        self.last = b""
-
-    def write(self, data: bytes) -> None:
-        self.last = data
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(name, default)
-
-    def is_closing(self) -> bool:
-        return False
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _protocol(repository: Path, inline_below_us: float) -> tuple[Any, _Transport]:
+def _protocol(repository: Path, inline_below_us: float) -> tuple[Any, StandInTransport]:
     from uvicorn.config import Config
     from uvicorn.server import ServerState
 
     from gateway.app import Settings, create_app
     from gateway.backends.onnx import OnnxOptions
-    from gateway.transport import protocol_for
+    from gateway.transport import StandInTransport, protocol_for
 
     app = create_app(Settings(model_repository=repository, onnx=OnnxOptions(inline_below_us=inline_below_us)))
     config = Config(app, http=protocol_for(app.state.dataplane), lifespan="off", access_log=False)
     config.load()
     protocol: Any = config.http_protocol_class(config=config, server_state=ServerState(), app_state={})  # type: ignore[call-arg]
-    transport = _Transport()
+    transport = StandInTransport()
     protocol.connection_made(transport)
     return protocol, transport
 
 
-def _drive(protocol: Any, transport: _Transport, raw: bytes, count: int) -> None:
+def _drive(protocol: Any, transport: StandInTransport, raw: bytes, count: int) -> None:
     for _ in range(count):
         transport.last = b""
         protocol.data_received(raw)
