@@ -161,8 +161,7 @@ class InferenceProtocol(HttpToolsProtocol):
         self._limit = 0
         self._began: float | None = None  # when the request being read began (None: idle between requests)
         self._headers_done = False
-        self._header_bytes = 0
-        self._header_count = 0
+        self._header_budget = self.limits.max_header_bytes
         self._refusal: tuple[int, str] | None = None
 
     def connection_made(self, transport: Any) -> None:
@@ -177,22 +176,26 @@ class InferenceProtocol(HttpToolsProtocol):
         self.headers = []
         self._began = monotonic()
         self._headers_done = False
-        self._header_bytes = self._header_count = 0
+        self._header_budget = self.limits.max_header_bytes
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # uvicorn's own, with the header limits counted on the way.
-        self._header_bytes += len(name) + len(value)
-        self._header_count += 1
-        limits = self.limits
-        if self._header_bytes > limits.max_header_bytes or self._header_count > limits.max_headers:
-            self._refusal = (
-                431, f"request headers over the limit ({limits.max_headers} headers, {limits.max_header_bytes} bytes)"
-            )  # fmt: skip
-            raise _LimitError
+        # uvicorn's own, with the byte budget counted down on the way (the count is checked once, at the end: the
+        # budget already bounds what many tiny headers can hold). Runs for every header: kept to one subtraction.
+        left = self._header_budget - len(name) - len(value)
+        self._header_budget = left
+        if left < 0:
+            self._over_header_limit()
         name = name.lower()
         if name == b"expect" and value.lower() == b"100-continue":
             self.expect_100_continue = True
         self.headers.append((name, value))
+
+    def _over_header_limit(self) -> None:
+        limits = self.limits
+        self._refusal = (
+            431, f"request headers over the limit ({limits.max_headers} headers, {limits.max_header_bytes} bytes)"
+        )  # fmt: skip
+        raise _LimitError
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a request the parser refused; a limit's own status when a limit stopped it."""
@@ -220,6 +223,8 @@ class InferenceProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._headers_done = True
+        if len(self.headers) > self.limits.max_headers:
+            self._over_header_limit()
         target = self._direct_target()
         if target is None:
             self._target = None
