@@ -39,6 +39,7 @@ from gateway.rollout.controller import (
 from gateway.rollout.observations import LocalRecorder, Recorder, Side
 from gateway.rollout.settings import RolloutSettings, Validation
 from gateway.rollout.state import Identity, Phase, RolloutState, load_state, save_state
+from gateway.rollout.timing import child_timer
 from gateway.rollout.validation import ValidationReport, validate_candidate
 from gateway.shadow.settings import DEFAULT as DEFAULT_SHADOW, CompareSettings, ShadowSettings
 from gateway.webhook import Webhook
@@ -77,7 +78,7 @@ def validation_report(job: ValidationJob) -> ValidationReport:
     """Every check of gateway/rollout/validation.py on the job's golden set (blocking: a worker thread's work)."""
     return validate_candidate(
         job.candidate.backend, job.baseline.backend, job.settings, reader=job.reader, compare=job.compare,
-        profile=job.profile, drift=job.drift, feature_names=job.feature_names,
+        profile=job.profile, drift=job.drift, feature_names=job.feature_names, timer=child_timer,
     )  # fmt: skip
 
 

@@ -22,6 +22,7 @@ import pytest
 from onnx import TensorProto, helper
 from sklearn.metrics import f1_score, roc_auc_score
 
+from gateway.backends import ModelFile
 from gateway.backends.onnx import OnnxBackend, OnnxOptions, load_onnx
 from gateway.drift.profile import Profile, load_profile
 from gateway.drift.settings import DriftSettings
@@ -29,6 +30,7 @@ from gateway.prediction import reader_for
 from gateway.repository import read_metadata
 from gateway.rollout.golden import GoldenSetError, load_golden_set
 from gateway.rollout.settings import Validation
+from gateway.rollout.timing import child_timer
 from gateway.rollout.validation import Check, Runnable, ValidationReport, validate_candidate
 from gateway.shadow.settings import CompareSettings
 from gateway.signature import Signature
@@ -424,6 +426,44 @@ def test_without_latency_thresholds_nothing_is_timed(demo: dict[int, OnnxBackend
     assert clock.reads == 0
     assert candidate.runs == 3  # the golden set once, and the integration round trip's served and direct runs
     assert get(report, "latency_ratio").detail == "no max_p99_latency_ms or max_latency_ratio set"
+
+
+def test_the_gateway_times_onnx_versions_in_a_child_process(demo: dict[int, OnnxBackend]) -> None:
+    """In the gateway the runs would otherwise wait for the GIL behind the event loop (timing.py says why)."""
+    reader = reader_for(demo[2].signature, SHADOW_DEFAULTS.kind, SHADOW_DEFAULTS.output)
+    settings = Validation(golden_set=TEST_CSV, max_p99_latency_ms=1000.0, max_latency_ratio=1000.0)
+    report = validate_candidate(
+        demo[2], demo[1], settings, reader=reader, compare=SHADOW_DEFAULTS, profile=None, drift=DriftSettings(),
+        feature_names=FEATURES, latency_runs=300, timer=child_timer,
+    )  # fmt: skip
+    check = get(report, "latency_ratio")
+    assert check.verdict == "pass", check.detail
+    assert check.detail.endswith("; 300 single-row runs each, in a child process)")
+    # The child built its own sessions: these ran only the golden set and the integration round trip.
+    p99 = get(report, "p99_latency_ms").value
+    assert p99 is not None and p99 > 0
+
+
+def test_a_version_that_is_not_a_local_file_is_timed_in_process(demo: dict[int, OnnxBackend]) -> None:
+    clock = FakeClock()
+    timings = child_timer(Timed(demo[2], clock, 0.002), demo[1], [{"input": np.zeros((1, 30), np.float32)}], 250)
+    assert timings.where == "the gateway process (a version is not a local model file)"
+    assert len(timings.candidate) == len(timings.baseline) == 250
+
+
+def test_a_child_that_fails_leaves_the_figures_to_this_process(
+    demo: dict[int, OnnxBackend], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Gone(Rewritten):
+        @property
+        def model_file(self) -> ModelFile:
+            return ModelFile(tmp_path / "deleted.onnx", OnnxOptions())
+
+    feeds = [{"input": np.zeros((1, 30), np.float32)}]
+    timings = child_timer(Gone(demo[2], lambda outputs, _: outputs), demo[1], feeds, 200)
+    assert timings.where.startswith("the gateway process (the child process failed: ModelLoadError: ")
+    assert "deleted.onnx" in timings.where and len(timings.candidate) == 200
+    assert "could not use a child process" in caplog.text
 
 
 # ---- regression, multiclass, bias -------------------------------------------------------------------------------

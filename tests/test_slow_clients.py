@@ -110,6 +110,42 @@ def test_oversized_and_too_many_headers_get_431_and_a_close(served: Server) -> N
     well_behaved(served)
 
 
+def test_an_endless_header_trickled_in_reads_gets_431_before_it_ends(served: Server) -> None:
+    """One header value that never ends: the parser would buffer it all; the head's size grows read by read."""
+    sock = connect(served)
+    sock.sendall(b"POST /v2/models/affine/infer HTTP/1.1\r\nHost: x\r\nX-Endless: ")
+    sent = 0
+    try:
+        while sent < 1_000_000:  # far past the 2 KiB limit; the server closes long before
+            sock.sendall(b"a" * 512)
+            sent += 512
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    answer = read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 431 ") and sent < 1_000_000, (sent, answer[:200])
+    well_behaved(served)
+
+
+def test_a_pipelined_read_with_a_big_body_does_not_count_against_the_next_head(served: Server) -> None:
+    """The read that ends one request's 8 KiB body also starts the next head: only the head's own bytes count."""
+    padding = b" " * 8192  # JSON allows whitespace: a body well over the 2 KiB head limit
+    first = b"POST /v2/models/affine/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (
+        len(BODY) + len(padding)
+    )
+    second = b"POST /v2/models/affine/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(BODY)
+    sock = connect(served)
+    sock.sendall(first + BODY + padding + second[:30])
+    sock.sendall(second[30:] + BODY + b"")
+    sock.settimeout(10)
+    data = b""
+    while data.count(b"HTTP/1.1 ") < 2 or not data.endswith(b"}"):
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    sock.close()
+    assert data.count(b"HTTP/1.1 200 ") == 2, data[:400]
+
+
 def test_malformed_http_gets_400_and_a_close(served: Server) -> None:
     sock = connect(served)
     sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 import numpy.typing as npt
@@ -17,6 +19,14 @@ class Execution(NamedTuple):
 
     outputs: dict[str, npt.NDArray[Any]]
     compute_seconds: float | None  # None when the runner observed it itself (a batch's execution)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFile:
+    """A version as a file and its session options: enough for another process to build the same session."""
+
+    path: Path
+    options: Any  # the runtime's options (OnnxOptions), picklable
 
 
 class Backend(Protocol):

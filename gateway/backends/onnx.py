@@ -14,7 +14,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
-from gateway.backends import Arrays, Execution
+from gateway.backends import Arrays, Execution, ModelFile
 from gateway.errors import BackendError, ModelLoadError, ModelRejectedError, OverloadedError
 from gateway.protocol import DTYPES
 from gateway.signature import Signature, TensorSpec
@@ -89,6 +89,7 @@ class OnnxBackend:
         except Exception as exc:  # onnxruntime raises bare Exception subclasses for corrupt or unsupported files
             raise ModelLoadError(f"{path}: onnxruntime cannot load it: {_first_line(exc)}") from exc
         self._path = path
+        self._options = options
         # The C++ session's run, without the Python wrapper's per-call input-name validation (2-3 us, a third of a
         # tiny model's run): `Signature.check` has already matched the inputs to the model.
         inner = getattr(self._session, "_sess", None)
@@ -111,6 +112,11 @@ class OnnxBackend:
     @property
     def signature(self) -> Signature:
         return self._signature
+
+    @property
+    def model_file(self) -> ModelFile:
+        """Enough to build the same session in another process (validation times its latency runs in one)."""
+        return ModelFile(self._path, self._options)
 
     def warm(self) -> None:
         """Run on zeros so the first real request does not pay for lazy initialisation, and time a 1-row and a

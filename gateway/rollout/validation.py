@@ -38,6 +38,7 @@ from gateway.prediction import PredictionReader, Task
 from gateway.protocol import DATATYPE_OF, decode_request, encode_response
 from gateway.rollout.golden import GoldenSet, GoldenSetError, load_golden_set
 from gateway.rollout.settings import HIGHER_IS_BETTER, Validation
+from gateway.rollout.timing import WARMUP_RUNS, Timer, Timings, in_process_timer
 from gateway.shadow.settings import CompareSettings
 from gateway.signature import Signature, TensorSpec
 
@@ -46,9 +47,6 @@ Verdict = Literal["pass", "fail", "skipped"]
 Op = Literal[">=", "<=", ""]
 
 INTEGRATION_ROWS = 8
-WARMUP_RUNS = 10
-MIN_LATENCY_RUNS = 200
-LATENCY_BUDGET = 2.0  # seconds of timed runs, both versions together
 MIN_GROUP_ROWS = 20  # a group's metric on fewer rows is too noisy to gate on
 CHUNK_ROWS = 1024  # golden rows per run: bounds the memory a large golden set takes in one session run
 _INTEGRATION_RTOL = 1e-6
@@ -152,12 +150,14 @@ def validate_candidate(
     feature_names: Sequence[str] | None = None,
     latency_runs: int = 2000,
     clock: Callable[[], float] = time.perf_counter,
+    timer: Timer | None = None,
 ) -> ValidationReport:
     """Every check of `settings` on the candidate against the baseline (see the module docstring for the order).
 
     `reader` reads both versions' outputs as predictions; `compare` holds the regression tolerance of the agreement
     check; `profile` is the candidate's drift profile (None: no data quality check) judged with `drift`'s
-    thresholds; `feature_names` (the candidate's metadata.json) pick a CSV golden set's feature columns.
+    thresholds; `feature_names` (the candidate's metadata.json) pick a CSV golden set's feature columns. `timer`
+    times the latency runs (default: in this thread, on `clock`; the gateway passes timing.child_timer).
     """
     checks = [_guarded("schema", 0.0, "<=", lambda: _schema(candidate.signature, baseline.signature))]
     names = _planned(settings, reader.task)
@@ -176,7 +176,7 @@ def validate_candidate(
         checks.append(Check("golden_set", "fail", None, None, str(exc)))
         checks += [_skipped(name, "no usable golden set (see golden_set)") for name in names]
         return ValidationReport(tuple(checks), 0)
-    session = _Session(candidate, baseline, golden, reader, latency_runs, clock)
+    session = _Session(candidate, baseline, golden, reader, latency_runs, timer or in_process_timer(clock))
     checks.append(_guarded("integration", 0.0, "<=", lambda: _integration(candidate, golden)))
     checks.append(_guarded("finite_outputs", 0.0, "<=", lambda: _finite(session.candidate_outputs.get())))
     for metric, threshold in _metric_gates(settings, reader.task):
@@ -289,7 +289,7 @@ class _Session:
         golden: GoldenSet,
         reader: PredictionReader,
         latency_runs: int,
-        clock: Callable[[], float],
+        timer: Timer,
     ) -> None:
         self.golden = golden
         self.latency_runs = latency_runs
@@ -302,7 +302,7 @@ class _Session:
             "cannot read the baseline's predictions", lambda: _predicted(reader, self.baseline_outputs.get(), golden)
         )
         self.latency = _Once(
-            "latency runs failed", lambda: _time_runs(candidate, baseline, golden, latency_runs, clock)
+            "latency runs failed", lambda: _time_runs(candidate, baseline, golden, latency_runs, timer)
         )
         self._metrics: dict[tuple[str, str], _Once[float]] = {}
 
@@ -679,31 +679,9 @@ def _bias(session: _Session, settings: Validation) -> Check:
 # ---- latency ----------------------------------------------------------------------------------------------------
 
 
-def _time_runs(
-    candidate: Runnable, baseline: Runnable, golden: GoldenSet, runs: int, clock: Callable[[], float]
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Seconds per single-row run of each version, `runs` each. The versions alternate, and which goes first
-    alternates too, so neither is favoured by a cache the other just warmed or by a busy moment of the machine."""
+def _time_runs(candidate: Runnable, baseline: Runnable, golden: GoldenSet, runs: int, timer: Timer) -> Timings:
     feeds = [golden.row(i) for i in range(min(golden.rows, max(runs, WARMUP_RUNS)))]
-    for i in range(WARMUP_RUNS):  # lazy initialisation and arena growth are not what the gate asks about
-        candidate.run(feeds[i % len(feeds)])
-        baseline.run(feeds[i % len(feeds)])
-    times = np.empty((2, runs), dtype=np.float64)
-    pair = (candidate, baseline)
-    # A p99 of a few hundred runs is its third-largest value: one preemption decides it. Up to `runs` runs each, as
-    # many as LATENCY_BUDGET seconds allow (at least MIN_LATENCY_RUNS): a fast model gets thousands, a slow one fewer.
-    began = time.perf_counter()
-    done = runs
-    for i in range(runs):
-        feed = feeds[i % len(feeds)]
-        for j in (0, 1) if i % 2 == 0 else (1, 0):
-            start = clock()
-            pair[j].run(feed)
-            times[j, i] = clock() - start
-        if i + 1 >= MIN_LATENCY_RUNS and time.perf_counter() - began > LATENCY_BUDGET:
-            done = i + 1
-            break
-    return times[0, :done], times[1, :done]
+    return timer(candidate, baseline, feeds, runs)
 
 
 def _latency_checks(session: _Session, settings: Validation) -> list[Check]:
@@ -715,13 +693,14 @@ def _latency_checks(session: _Session, settings: Validation) -> list[Check]:
         reason = f"latency_runs is {session.latency_runs}"
         return [_skipped("p99_latency_ms", reason), _skipped("latency_ratio", reason)]
 
-    def p99s() -> tuple[float, float]:
-        candidate, baseline = session.latency.get()
-        return float(np.percentile(candidate, 99)) * 1e3, float(np.percentile(baseline, 99)) * 1e3
+    def p99s() -> tuple[float, float, str]:
+        timings = session.latency.get()
+        runs = f"{len(timings.candidate)} single-row runs each, in {timings.where}"
+        return float(np.percentile(timings.candidate, 99)) * 1e3, float(np.percentile(timings.baseline, 99)) * 1e3, runs
 
     def latency() -> Check:
-        candidate, baseline = p99s()
-        measured = f"baseline p99 {baseline:.3f} ms; {len(session.latency.get()[0])} single-row runs each"
+        candidate, baseline, runs = p99s()
+        measured = f"baseline p99 {baseline:.3f} ms; {runs}"
         if limit_ms is None:
             return Check("p99_latency_ms", "skipped", candidate, None, f"candidate p99 {candidate:.3f} ms; {measured}")
         relation = "<=" if candidate <= limit_ms else ">"
@@ -729,9 +708,9 @@ def _latency_checks(session: _Session, settings: Validation) -> list[Check]:
         return _judged("p99_latency_ms", candidate, limit_ms, "<=", detail)
 
     def ratio() -> Check:
-        candidate, baseline = p99s()
+        candidate, baseline, runs = p99s()
         value = candidate / baseline if baseline > 0 else (math.inf if candidate > 0 else 1.0)
-        measured = f"candidate p99 {candidate:.3f} ms, baseline p99 {baseline:.3f} ms"
+        measured = f"candidate p99 {candidate:.3f} ms, baseline p99 {baseline:.3f} ms; {runs}"
         if ratio_limit is None:
             return Check("latency_ratio", "skipped", value, None, f"{value:.2f}x ({measured}); no max_latency_ratio")
         relation = "<=" if value <= ratio_limit else ">"
