@@ -34,6 +34,7 @@ from benchmarks.payload import fetch_body, infer_url
 from benchmarks.wire import Endpoint, ResponseFramer, WireError, encode_request
 
 _PERCENTILES = (("p50", 0.50), ("p90", 0.90), ("p99", 0.99), ("p999", 0.999))
+BIN_S = 0.25  # open loop: the timeline's resolution
 
 
 class LoadError(Exception):
@@ -73,6 +74,8 @@ class LoadResult:
     statuses: dict[str, int] = field(default_factory=dict)  # non-2xx status -> count, plus "transport"/"incomplete"
     queued: int = 0  # open loop: due requests that found every connection busy
     max_send_lag_ms: float = 0.0  # open loop: worst (actual send - due time), queueing included
+    latency_by_status_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # open loop: per HTTP status
+    ok_per_bin: list[int] = field(default_factory=list)  # open loop: 2xx answers per BIN_S of the window, by due time
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -103,6 +106,8 @@ class _Run:
         self.running = True  # connections keep sending while true
         self.recording = False  # closed loop: responses count while true
         self.samples: list[float] = []
+        self.by_status: dict[int, list[float]] = {}  # open loop: latencies per status
+        self.ok_dues: list[float] = []  # open loop: due times (from the window's start) of the 2xx answers
         self.ok = 0
         self.statuses: dict[str, int] = {}
         self.completed = 0  # every response, warm-up included (for progress lines)
@@ -285,9 +290,11 @@ class _Schedule:
         run.completed += 1
         if self.window_start <= due < self.window_end:
             run.samples.append(now - due)
+            run.by_status.setdefault(status, []).append(now - due)
             self.last_completion = max(self.last_completion, now)
             if 200 <= status < 300:
                 run.ok += 1
+                run.ok_dues.append(due - self.window_start)
             else:
                 run.count_error(str(status))
 
@@ -430,7 +437,16 @@ async def _run_open(spec: LoadSpec, endpoint: Endpoint, request: bytes) -> LoadR
         statuses=dict(run.statuses),
         queued=schedule.queued,
         max_send_lag_ms=schedule.max_lag * 1e3,
+        latency_by_status_ms={str(k): summarize_latencies(v) for k, v in sorted(run.by_status.items())},
+        ok_per_bin=_bins(run.ok_dues, spec.duration_s),
     )
+
+
+def _bins(offsets: list[float], duration: float) -> list[int]:
+    counts = [0] * max(1, math.ceil(duration / BIN_S))
+    for offset in offsets:
+        counts[min(len(counts) - 1, int(offset / BIN_S))] += 1
+    return counts
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:

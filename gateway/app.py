@@ -26,6 +26,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway import __version__
 from gateway.admin import PREFIX as ADMIN_PREFIX, TOKEN_ENV, AdminGuard
+from gateway.admission import LagMonitor
 from gateway.backends.onnx import OnnxOptions, runtime_version
 from gateway.batching import BatchingMetrics
 from gateway.config import GatewayConfig
@@ -75,6 +76,8 @@ class Settings:
     rollout_tick: float = 0.1  # seconds between looks at the rollouts (each evaluates its gates every `interval`)
     admin_token: bytes | None = field(default=None, repr=False)  # bearer token /admin/* requires (None: none)
     exposed: bool = False  # listening beyond loopback: without a token, admin changes are refused
+    max_inflight: int = 0  # requests admitted at once (gateway/admission.py); 0: no bound
+    max_loop_lag: float = 0.0  # seconds the loop may lag before new requests are refused; 0: never
 
 
 def build_predlog(
@@ -167,7 +170,10 @@ def create_app(
     snapshot = reloader.start()
     config = reloader.current.config
     predlog = build_predlog(config, settings, registry, random.Random(rng.random()))
-    dataplane = DataPlane(snapshot, metrics, draw=random.Random(rng.random()).random, sampler=sampler, predlog=predlog)
+    draw = random.Random(rng.random()).random
+    dataplane = DataPlane(
+        snapshot, metrics, draw=draw, sampler=sampler, predlog=predlog, max_inflight=settings.max_inflight
+    )
     reloader.attach(dataplane)
     rollouts.attach(reloader.republish)
     reloader.republish()  # the rollouts synced after the first snapshot was built: wire their taps in
@@ -207,6 +213,8 @@ def create_app(
             task.add_done_callback(_report_failure)
 
         spawn(monitor.run(settings.drift_interval), "drift-monitor")
+        if settings.max_loop_lag > 0:
+            spawn(LagMonitor(dataplane, settings.max_loop_lag).run(), "loop-lag")
         spawn(rollouts.run(settings.rollout_tick), "rollouts")
         spawn(rollout_webhook.run(1.0), "rollout-webhook")
         if predlog is not None:

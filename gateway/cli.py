@@ -49,6 +49,22 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--graph-optimization", default="all", choices=["disable", "basic", "extended", "all"],
         help="onnxruntime graph optimisation level",
     )  # fmt: skip
+    p.add_argument(
+        "--max-inflight", type=int, default=1024,
+        help="requests admitted at once, all models together; more get 503 before their body is decoded (0: no bound)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-loop-lag", type=float, default=0.1,
+        help="seconds the event loop may run behind (requests unread in sockets) before new ones get 503 (0: never)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-queue-wait", type=float, default=1.0,
+        help="seconds of work a request may find queued ahead of it for its model version, else 503 at once",
+    )  # fmt: skip
+    p.add_argument(
+        "--request-timeout", type=float, default=30.0,
+        help="seconds a request may wait for its model (header x-request-timeout-ms overrides), else 504 unrun",
+    )  # fmt: skip
     p.add_argument("--reload-interval", type=float, default=1.0, help="seconds between config content checks")
     p.add_argument(
         "--transport", choices=["direct", "plain"], default="direct",
@@ -101,7 +117,11 @@ def serve(args: argparse.Namespace) -> int:
             max_concurrency=args.max_concurrency,
             graph_optimization=args.graph_optimization,
             inline_below_us=args.inline_below_us,
+            max_queue_wait=args.max_queue_wait,
+            request_timeout=args.request_timeout,
         ),
+        max_inflight=args.max_inflight,
+        max_loop_lag=args.max_loop_lag,
         reload_interval=args.reload_interval,
         admin_token=token,
         exposed=not is_loopback(args.host),

@@ -11,6 +11,7 @@ from gateway.backends import Arrays, Backend, Execution
 from gateway.drift.profile import Profile
 from gateway.drift.sampler import DriftKey, DriftSampler
 from gateway.errors import (
+    DeadlineExceededError,
     GatewayError,
     ModelRejectedError,
     NotReadyError,
@@ -34,7 +35,9 @@ from gateway.tap import Tap
 HEADER_LENGTH = "inference-header-content-length"  # Triton's binary extension: the JSON head's length
 PLATFORM = "onnxruntime_onnx"  # what Triton reports for ONNX models; clients show it, none validate it
 
-Runner = Callable[[Arrays], Any]  # an awaitable producing an Execution: a backend's infer or a batcher's submit
+# An awaitable producing an Execution: a backend's infer or a batcher's submit, given the inputs and, for admission
+# when the request must wait, its headers and perf_counter start.
+Runner = Callable[[Arrays, Mapping[str, str], float], Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +119,7 @@ _OUTCOME: Mapping[type[GatewayError], str] = {
     UnknownModelError: "not_found",
     NotReadyError: "unavailable",
     OverloadedError: "rejected",
+    DeadlineExceededError: "expired",
     UnsupportedError: "unsupported",
 }
 
@@ -133,6 +137,7 @@ class DataPlane:
         draw: Callable[[], float],
         sampler: DriftSampler,
         predlog: PredictionLog | None = None,
+        max_inflight: int = 0,
     ) -> None:
         self._snapshot = snapshot
         self._metrics = metrics
@@ -140,6 +145,10 @@ class DataPlane:
         self._sampler = sampler
         self._predlog = predlog
         self._inflight = metrics.inflight
+        self.inflight = metrics.inflight  # read by the transport's admission check (gateway/admission.py)
+        self.max_inflight = max_inflight  # 0: no global bound
+        self.refusing = False  # set by admission.LagMonitor while the event loop runs too far behind
+        self.loop_lag = 0.0  # the monitor's smoothed lag, seconds
         self._unknown = metrics.unknown
         self.draining = False  # set once on SIGTERM (gateway/serving.py): not ready, answers close their connections
 
@@ -176,6 +185,8 @@ class DataPlane:
             if served is None:
                 raise NotReadyError(f"model '{name}' version {target.version} is not loaded")
             metrics = served.metrics
+            if served.backend.shedding:  # admission (gateway/admission.py): refused before anything is decoded
+                raise served.backend.overloaded()
             record = snapshot.decisions[(name, target.name, decision.reason)]
             record.counter.value += 1  # Count.inc without the call: this runs for every request
             predlog = self._predlog
@@ -203,7 +214,7 @@ class DataPlane:
                 served.backend.signature.check(request)
                 inputs, request_id = request.input_map(), request.id
                 selection = requested_outputs(request, served.output_names)
-            execution: Execution = await served.infer(inputs)
+            execution: Execution = await served.infer(inputs, headers, start)
             if execution.compute_seconds is not None:
                 metrics.compute.observe(execution.compute_seconds)
             produced = execution.outputs
@@ -242,6 +253,18 @@ class DataPlane:
         metrics.success.value += 1
         metrics.latency.observe(elapsed)
         return Reply(encoded, head_length, record.header)
+
+    def over_capacity(self) -> OverloadedError | None:
+        """The refusal a new request gets while the loop lags or the gateway already holds `max_inflight` requests,
+        else None."""
+        if self.refusing:
+            return OverloadedError(
+                f"the gateway is overloaded: its event loop runs {self.loop_lag * 1e3:.0f} ms behind", retry_after=1.0
+            )
+        bound = self.max_inflight
+        if bound and self._inflight.value >= bound:
+            return OverloadedError(f"the gateway is serving its limit of {bound} requests at once", retry_after=1.0)
+        return None
 
     def count_refused(self, exc: GatewayError) -> None:
         """Count a request the edge refused before it reached `infer` (e.g. a body over the limit)."""

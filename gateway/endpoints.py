@@ -19,6 +19,7 @@ from gateway.dataplane import DataPlane, Reply
 from gateway.errors import (
     BackendError,
     ConflictError,
+    DeadlineExceededError,
     GatewayError,
     NotReadyError,
     OverloadedError,
@@ -41,6 +42,7 @@ STATUS: Mapping[type[GatewayError], int] = {
     ConflictError: 409,
     NotReadyError: 503,
     OverloadedError: 503,
+    DeadlineExceededError: 504,
     UnsupportedError: 501,
     BackendError: 500,
 }
@@ -158,7 +160,7 @@ def failure(exc: Exception, model: str) -> Answer:
 def refusal(exc: GatewayError, what: str) -> Answer:
     """The answer to a request refused with `exc`; `what` names the request in the log when it is a server fault."""
     status = status_for(exc)
-    if status >= 500 and not isinstance(exc, NotReadyError | OverloadedError):
+    if status >= 500 and not isinstance(exc, NotReadyError | OverloadedError | DeadlineExceededError):
         logger.error("%s failed: %s", what, exc, exc_info=exc)
     headers = [_JSON_TYPE]
     if isinstance(exc, OverloadedError):
@@ -169,6 +171,9 @@ def refusal(exc: GatewayError, what: str) -> Answer:
 async def infer(dataplane: DataPlane, scope: Scope, receive: Receive, send: Send, model: str, pin: str | None) -> None:
     """POST .../infer as a bare ASGI handler (the transport's direct path is faster still; see `transport`)."""
     try:
+        over = dataplane.over_capacity()  # admission before the body is read (gateway/admission.py)
+        if over is not None:
+            raise over
         body = await _read_body(scope, receive, dataplane.snapshot.max_body_bytes)
     except GatewayError as exc:
         dataplane.count_refused(exc)

@@ -41,6 +41,10 @@ class OverloadedError(GatewayError):
         self.retry_after = retry_after
 
 
+class DeadlineExceededError(GatewayError):
+    """The request's deadline passed while it waited for its model: dropped without running (504)."""
+
+
 class ConflictError(GatewayError):
     """An action the target's current state does not allow (e.g. pausing a rollout that has already finished)."""
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.admission import NO_HEADERS
 from gateway.backends import Arrays, Execution
 from gateway.backends.onnx import OnnxBackend, OnnxOptions, load_onnx
 from gateway.batching import BatchingMetrics, DynamicBatcher, executor_offload
@@ -153,7 +154,8 @@ def _sha256(path: Path) -> str:
 
 
 def _batched(batcher: DynamicBatcher) -> Runner:
-    async def infer(inputs: Arrays) -> Execution:
+    async def infer(inputs: Arrays, headers: Mapping[str, str] = NO_HEADERS, start: float | None = None) -> Execution:
+        # The batcher keeps its own queue policy (max_queue_size); request deadlines are not applied to it yet.
         return Execution(await batcher.submit(inputs), None)  # compute is observed per batch, in the batch's run
 
     return infer

@@ -17,7 +17,8 @@ LATENCY_BUCKETS: Final = (
 
 # Bounded outcome vocabulary (Triton's failure reasons, in our words).
 OUTCOMES: Final = (
-    "success", "invalid_request", "model_rejected", "not_found", "unavailable", "rejected", "unsupported", "error",
+    "success", "invalid_request", "model_rejected", "not_found", "unavailable", "rejected", "expired", "unsupported",
+    "error",
 )  # fmt: skip
 
 UNKNOWN: Final = "_unknown"  # label value for requests that name no served model: bounded, never the raw name

@@ -22,7 +22,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from gateway.dataplane import DataPlane
 from gateway.endpoints import DECISION_HEADER, RawHeaders, failure, infer_target, refusal, success
-from gateway.errors import PayloadTooLargeError
+from gateway.errors import GatewayError, OverloadedError, PayloadTooLargeError
 from gateway.protocol import encode_error
 
 logger = logging.getLogger(__name__)
@@ -152,7 +152,10 @@ class _Sweeper:
                 if now + began > limits.body_timeout + slack:
                     connection.refuse(408, "the request body did not arrive in time")
             elif now - began > limits.header_timeout + slack:
-                connection.refuse(408, "the request headers did not arrive in time")
+                if connection._read:
+                    connection.refuse(408, "the request headers did not arrive in time")
+                else:  # never sent a byte: a 408 now could be read as the answer to a request crossing it
+                    connection.transport.close()
         _CLOCK.now = monotonic()  # refusals write and close: the stamps the next requests take stay fresh
         if connections:
             loop.call_later(self.period, self._sweep, loop, connections)
@@ -279,7 +282,12 @@ class InferenceProtocol(HttpToolsProtocol):
             return
         self._target = target
         self._chunks, self._size = [], 0
-        self._limit = self.dataplane.snapshot.max_body_bytes
+        # Admission (gateway/admission.py): while the loop lags or over the in-flight bound, the body is read and
+        # dropped (a limit of -1 keeps none of it) and the answer is a 503; on the common path, two attribute reads.
+        dataplane = self.dataplane
+        bound = dataplane.max_inflight
+        refused = dataplane.refusing or (bound and dataplane.inflight.value >= bound)
+        self._limit = -1 if refused else dataplane.snapshot.max_body_bytes
         if self.expect_100_continue:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
@@ -326,7 +334,9 @@ class InferenceProtocol(HttpToolsProtocol):
                        body: bytes, size: int) -> None:  # fmt: skip
         dataplane = self.dataplane
         if size > self._limit:
-            exc = PayloadTooLargeError(f"request body of {size} bytes is over the limit of {self._limit} bytes")
+            exc: GatewayError = dataplane.over_capacity() or OverloadedError("the gateway is at its in-flight limit")
+            if self._limit >= 0:
+                exc = PayloadTooLargeError(f"request body of {size} bytes is over the limit of {self._limit} bytes")
             dataplane.count_refused(exc)
             answer = refusal(exc, f"POST /v2/models/{model}/infer")
         else:

@@ -333,3 +333,16 @@ def test_shadow_benchmark_measures_both_routes(tmp_path: Path) -> None:
     for row in report["rows"]:
         assert row["result"]["errors"] == 0 and row["result"]["rps"] > 0, row
     assert report["copies"] > 0  # the shadowed route really copied its requests
+
+
+def test_overload_benchmark_runs_every_phase_and_reports_its_checks(tmp_path: Path) -> None:
+    out = tmp_path / "overload.json"
+    _run_module("benchmarks.bench_overload", "--smoke", "--json", str(out), timeout=240)
+    report = json.loads(out.read_text())
+    assert list(report["phases"]) == ["baseline, 80 %", "surge, 3x", "recovery, 80 %"]
+    assert report["capacity"]["rps"] > 0
+    for phase in report["phases"].values():
+        assert phase["requests"] > 0 and phase["ok_per_bin"], phase  # 2xx answers, and their timeline
+        assert "200" in phase["latency_by_status_ms"]
+    assert len(report["checks"]) == 4 and all(isinstance(c["met"], bool) for c in report["checks"].values())
+    assert report["rss_peaks_mb"]["surge, 3x"] > 0

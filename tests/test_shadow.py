@@ -11,7 +11,7 @@ import logging
 import random
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +108,7 @@ class FakeRunner:
         self.calls = 0
         self.cancelled = 0
 
-    async def __call__(self, inputs: Arrays) -> Execution:
+    async def __call__(self, inputs: Arrays, headers: Mapping[str, str], start: float) -> Execution:
         self.calls += 1
         if self.gate is not None:
             try:
@@ -664,11 +664,11 @@ class Probe:
         monkeypatch.setattr(ShadowHub, "lane", lane)
 
     def wrap(self, infer: Runner) -> Runner:
-        async def run(inputs: Arrays) -> Execution:
+        async def run(inputs: Arrays, headers: Mapping[str, str], start: float) -> Execution:
             self.seen.append(float(inputs["X"].flat[0]))
             if self.hold:
                 await self.release.wait()
-            execution: Execution = await infer(inputs)
+            execution: Execution = await infer(inputs, headers, start)
             return execution
 
         return run

@@ -70,11 +70,13 @@ def test_a_client_that_never_finishes_its_headers_gets_408_and_a_close(served: S
     well_behaved(served)
 
 
-def test_a_connection_that_sends_nothing_is_closed(served: Server) -> None:
+def test_a_connection_that_sends_nothing_is_closed_without_an_answer(served: Server) -> None:
+    """No 408 on a connection that never sent a byte: a client pool's idle connection could read it as the answer
+    to a request it sends at that moment (the overload benchmark saw exactly that)."""
     sock = connect(served)
     started = time.monotonic()
     answer = read_all(sock)
-    assert answer.startswith(b"HTTP/1.1 408 ") and time.monotonic() - started < HEADER_TIMEOUT + 3
+    assert answer == b"" and HEADER_TIMEOUT <= time.monotonic() - started < HEADER_TIMEOUT + 3
 
 
 def test_a_trickled_body_gets_408_and_a_close(served: Server) -> None:

@@ -30,10 +30,18 @@ class ModelFile:
 
 
 class Backend(Protocol):
+    shedding: bool  # a new request would be refused for the work queued ahead of it (gateway/admission.py)
+
     @property
     def signature(self) -> Signature: ...
 
-    async def infer(self, inputs: Arrays) -> Execution: ...
+    def overloaded(self) -> Exception:
+        """The refusal to raise while `shedding`."""
+        ...
+
+    async def infer(self, inputs: Arrays, headers: Mapping[str, str] = ..., start: float | None = None) -> Execution:
+        """Run `inputs`; `headers` and `start` (perf_counter) are the request's, for admission when it must wait."""
+        ...
 
     def run(self, inputs: Arrays) -> Execution:
         """Run synchronously in the caller's thread (offline work such as validation; never on the event loop)."""

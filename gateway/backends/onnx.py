@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +15,9 @@ import numpy.typing as npt
 import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
+from gateway.admission import NO_HEADERS, request_timeout
 from gateway.backends import Arrays, Execution, ModelFile
-from gateway.errors import BackendError, ModelLoadError, ModelRejectedError, OverloadedError
+from gateway.errors import BackendError, DeadlineExceededError, ModelLoadError, ModelRejectedError, OverloadedError
 from gateway.protocol import DTYPES
 from gateway.signature import Signature, TensorSpec
 
@@ -56,6 +58,10 @@ class OnnxOptions:
     graph_optimization: GraphOptimization = "all"
     max_concurrency: int = 2  # executions of this version at once; more wait on the semaphore
     max_waiting: int = 1024  # requests waiting for a slot before new ones are refused with 503
+    # Admission (gateway/admission.py says why): seconds of work a request may find waiting ahead of it, and the
+    # seconds it may wait for a slot when its x-request-timeout-ms header does not say.
+    max_queue_wait: float = 1.0
+    request_timeout: float = 30.0
     # Run on the event loop, with no thread hop, when the execution is expected to take less than this: a hop costs
     # tens of microseconds of wake-ups, more than a tiny model computes. 0 turns inline execution off.
     inline_below_us: float = 150.0
@@ -103,6 +109,17 @@ class OnnxBackend:
         self._slots = asyncio.Semaphore(options.max_concurrency)
         self._max_waiting = options.max_waiting
         self._waiting = 0
+        self._concurrency = options.max_concurrency
+        self._max_queue_wait = options.max_queue_wait
+        self._request_timeout = options.request_timeout
+        # Smoothed seconds a slot stays taken per thread execution, by the wall clock: the hop, the run and the wait
+        # for the GIL to hand the result back, which a busy loop stretches far past onnxruntime's own figure (that
+        # figure let 85 ms of work queue under a 20 ms bound). Refusals cost no decode, so a busy loop refusing more
+        # does not feed this back into refusing everything. 0 until one has run.
+        self._service = 0.0
+        # True while a new request would find more than max_queue_wait of work (or max_waiting requests) ahead of it:
+        # the data plane reads it before decoding, so a refusal costs no decode. Updated only when the queue moves.
+        self.shedding = False
         self._budget = options.inline_below_us * 1e-6
         # Cost model from warm-up: fixed seconds per execution plus seconds per input element; inf until measured.
         self._fixed_cost = float("inf")
@@ -171,24 +188,71 @@ class OnnxBackend:
         seconds = perf_counter() - start
         return Execution(dict(zip(self._output_names, values, strict=True)), seconds)
 
-    async def infer(self, inputs: Arrays) -> Execution:
+    async def infer(
+        self, inputs: Arrays, headers: Mapping[str, str] = NO_HEADERS, start: float | None = None
+    ) -> Execution:
+        """Run `inputs`: inline when cheap, else in a thread once a slot is free. A request that has to wait is
+        admitted only if it can start within its time (see gateway/admission.py); `headers` and `start` (its
+        perf_counter start) are read only then."""
         if self.runs_inline(inputs):
             return self.run(inputs)
         if self._slots.locked():
-            if self._waiting >= self._max_waiting:
-                raise OverloadedError(f"{self._waiting} requests are already waiting for this model version")
+            deadline = self._admit(headers, start)
             self._waiting += 1
+            self._reassess()
             try:
                 await self._slots.acquire()
             finally:
                 self._waiting -= 1
+                self._reassess()
+            now = perf_counter()
+            if now > deadline:
+                self._slots.release()
+                raise DeadlineExceededError(
+                    f"the request's deadline passed while it waited for this model version ({now - deadline:.3f} s ago)"
+                )
         else:
             await self._slots.acquire()
         try:
             # session.run releases the GIL, so the loop keeps serving while the model computes.
-            return await asyncio.get_running_loop().run_in_executor(self._executor, self.run, inputs)
+            began = perf_counter()
+            execution = await asyncio.get_running_loop().run_in_executor(self._executor, self.run, inputs)
+            self._service += 0.2 * (perf_counter() - began - self._service)
+            if self._waiting:
+                self._reassess()
+            return execution
         finally:
             self._slots.release()
+
+    def _reassess(self) -> None:
+        waiting = self._waiting
+        ahead = (waiting + 1) * self._service / self._concurrency
+        # Only with requests already waiting are the slots all busy: a request that finds a free slot never waits.
+        self.shedding = waiting > 0 and (waiting >= self._max_waiting or ahead > self._max_queue_wait)
+
+    def overloaded(self) -> OverloadedError:
+        """The refusal a request gets while `shedding` (before its body is decoded)."""
+        ahead = (self._waiting + 1) * self._service / self._concurrency
+        return OverloadedError(
+            f"{self._waiting} requests are already waiting for this model version (about {ahead * 1e3:.0f} ms of"
+            f" work ahead; a request may wait {self._max_queue_wait * 1e3:.0f} ms)",
+            retry_after=max(1.0, ahead),
+        )
+
+    def _admit(self, headers: Mapping[str, str], start: float | None) -> float:
+        """The deadline of a request that must wait for a slot, or OverloadedError (503) when it cannot start in
+        time: too many waiting, or more work ahead of it than `max_queue_wait` or its remaining time."""
+        now = perf_counter()
+        deadline = (now if start is None else start) + request_timeout(headers, self._request_timeout)
+        ahead = (self._waiting + 1) * self._service / self._concurrency  # seconds until a slot frees for it
+        allowed = min(self._max_queue_wait, deadline - now)
+        if self._waiting >= self._max_waiting or ahead > allowed:
+            raise OverloadedError(
+                f"{self._waiting} requests are already waiting for this model version (about {ahead * 1e3:.0f} ms"
+                f" of work ahead; this request may wait {max(0.0, allowed) * 1e3:.0f} ms)",
+                retry_after=max(1.0, ahead),
+            )
+        return deadline
 
     def close(self) -> None:
         # Sessions free their memory when the last reference goes; nothing to flush.

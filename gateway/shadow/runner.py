@@ -21,6 +21,7 @@ from typing import Any, Final, Literal, NamedTuple
 import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Gauge
 
+from gateway.admission import NO_HEADERS
 from gateway.backends import Arrays
 from gateway.drift.sampler import DriftKey, DriftSampler
 from gateway.errors import OverloadedError
@@ -31,7 +32,7 @@ from gateway.tally import Count, CounterFamily, HistogramFamily, Spread, Tally
 logger = logging.getLogger(__name__)
 
 Outputs = Mapping[str, npt.NDArray[Any]]
-Runner = Callable[[Arrays], Any]  # the shadow version's infer: an awaitable producing an Execution
+Runner = Callable[[Arrays, Mapping[str, str], float], Any]  # the shadow version's infer: awaits an Execution
 Outcome = Literal["completed", "failed", "timed_out", "dropped"]
 OUTCOMES: Final = ("completed", "failed", "timed_out", "dropped")
 
@@ -136,7 +137,7 @@ class ShadowLane:
         start = perf_counter()
         try:
             async with asyncio.timeout(self._timeout):
-                execution = await self._infer(inputs)
+                execution = await self._infer(inputs, NO_HEADERS, start)
         except TimeoutError:
             self._finish("timed_out", ShadowResult("timed_out", 0, 0, elapsed, None, None, None))
             return
