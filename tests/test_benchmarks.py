@@ -346,3 +346,13 @@ def test_overload_benchmark_runs_every_phase_and_reports_its_checks(tmp_path: Pa
         assert "200" in phase["latency_by_status_ms"]
     assert len(report["checks"]) == 4 and all(isinstance(c["met"], bool) for c in report["checks"].values())
     assert report["rss_peaks_mb"]["surge, 3x"] > 0
+
+
+def test_soak_runs_mixed_traffic_with_reloads_and_answers_every_kind_as_expected(tmp_path: Path) -> None:
+    out = tmp_path / "soak.json"
+    _run_module("benchmarks.soak", "--smoke", "--json", str(out), timeout=240)
+    report = json.loads(out.read_text())
+    assert set(report["sent"]) == {"plain", "sticky", "pinned", "broken_json", "wrong_shape", "unknown_model"}
+    assert report["unexpected"] == {}, report["examples"]
+    assert report["reloads_applied"] >= 1 and report["reloads_missed"] == 0
+    assert report["rss_mb"]["end"] > 0 and report["fds"]["end"] > 0 and report["threads"]["end"] > 0
