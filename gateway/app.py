@@ -48,6 +48,7 @@ from gateway.errors import ConfigError, GatewayError, ProtocolError
 from gateway.loader import VersionLoader
 from gateway.metrics import Metrics
 from gateway.monitoring import DriftRegistry
+from gateway.paths import check_contained
 from gateway.predlog import PredictionLog, PredictionLogMetrics, parse_prediction_log
 from gateway.protocol import strict_float_casts
 from gateway.publisher import Publisher
@@ -93,6 +94,13 @@ def build_predlog(
     # A relative path is relative to the config file, like model_repository.
     base = settings.config_path.parent if settings.config_path is not None else Path.cwd()
     parsed = dataclasses.replace(parsed, path=base / parsed.path)
+    if settings.config_path is not None:  # the log is written: it stays where the operator allows (gateway.paths)
+        try:
+            check_contained(
+                parsed.path, "prediction_log.path", config_dir=config.base_dir, repository=config.model_repository
+            )
+        except ConfigError as exc:
+            raise ConfigError(f"{config.source}: {exc}") from exc
     return PredictionLog(parsed, metrics=PredictionLogMetrics(registry), random=rng.random)
 
 

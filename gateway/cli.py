@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
 from gateway.drift import command as profile_command
+from gateway.paths import allow
 from gateway.rollout import command as rollout_command
 
 if TYPE_CHECKING:
@@ -66,6 +67,11 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="seconds a request may wait for its model (header x-request-timeout-ms overrides), else 504 unrun",
     )  # fmt: skip
     p.add_argument("--reload-interval", type=float, default=1.0, help="seconds between config content checks")
+    p.add_argument(
+        "--allow-path", type=Path, action="append", default=[], metavar="DIR",
+        help="a folder the config's files (golden sets, state files, the prediction log) may be in beyond the"
+        " config's folder and the model repository (repeatable; also GATEWAY_ALLOWED_PATHS)",
+    )  # fmt: skip
     p.add_argument(
         "--transport", choices=["direct", "plain"], default="direct",
         help="direct: inference requests answered straight from the HTTP parser (default); plain: everything through"
@@ -252,6 +258,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     v = sub.add_parser("validate", help="validate a config and load its models, as a reload would")
     v.add_argument("path", type=Path)
     v.add_argument("--json", action="store_true", help="print one JSON document (each route's report) for CI")
+    v.add_argument(
+        "--allow-path", type=Path, action="append", default=[], metavar="DIR",
+        help="a folder the config's files (golden sets, state files, the prediction log) may be in beyond the"
+        " config's folder and the model repository (repeatable; also GATEWAY_ALLOWED_PATHS)",
+    )  # fmt: skip
     p = sub.add_parser("profile", help="build a drift reference profile for a model version from its training data")
     profile_command.add_arguments(p)
     r = sub.add_parser("rollout", help="show or steer a running gateway's rollouts (status, pause, resume, ...)")
@@ -263,8 +274,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in (None, "serve"):
         if args.command is None:
             args = parser.parse_args(["serve", *(argv or [])])
+        allow(args.allow_path)
         return serve(args)
     if args.command == "validate":
+        allow(args.allow_path)
         return validate(args)
     if args.command == "profile":
         return profile_command.run(args)

@@ -14,6 +14,7 @@ from gateway.config import GatewayConfig
 from gateway.drift.settings import DriftSettings, parse_drift_settings
 from gateway.errors import ConfigError
 from gateway.loader import Key, Loaded
+from gateway.paths import check_contained
 from gateway.rollout.settings import RolloutSettings, parse_rollout_settings
 from gateway.shadow.settings import ShadowSettings, parse_shadow_settings
 
@@ -74,6 +75,13 @@ def parse_features(config: GatewayConfig) -> Features:
                 route=name,
             )  # fmt: skip
             candidate = rollout[name]
+            if candidate is not None:  # the files it reads and writes stay where the operator allows (gateway.paths)
+                files = [(f"{path}.rollout.state_file", candidate.state_file)]
+                if candidate.validate is not None:
+                    files.append((f"{path}.rollout.validate.golden_set", candidate.validate.golden_set))
+                for key, file in files:
+                    if file is not None:
+                        check_contained(file, key, config_dir=config.base_dir, repository=config.model_repository)
             shadow[name] = parse_shadow_settings(
                 route.shadow, f"{path}.shadow", versions=versions, baseline=baseline,
                 candidate=None if candidate is None else candidate.candidate,

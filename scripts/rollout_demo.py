@@ -133,7 +133,7 @@ def play(act: Act, rows: list[list[float]]) -> bool:
         log = (folder / "gateway.log").open("wb")
         process = subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve", "--config", str(path), "--port", str(port),
-             "--drain-delay", "0"],
+             "--drain-delay", "0", "--allow-path", str(ROOT / "config" / "data")],  # the golden set's folder
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )  # fmt: skip
         started = time.monotonic()

@@ -9,9 +9,15 @@ from prometheus_client import CollectorRegistry
 from starlette.testclient import TestClient
 
 from gateway.app import Settings, create_app
+from gateway.paths import allow
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = ROOT / "config" / "gateway.yaml"
+
+# Many tests write configs in temporary folders that name the repository's golden sets (config/data): allow that
+# folder, as an operator would with --allow-path, for this process and the gateways it starts. tests/test_paths.py
+# clears it where containment itself is under test.
+allow([ROOT / "config" / "data"])
 
 
 @pytest.fixture(scope="session")

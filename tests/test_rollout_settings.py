@@ -18,6 +18,7 @@ import gateway.shadow.settings as shadow_module
 from gateway.config import load_config, parse_config_bytes
 from gateway.errors import ConfigError
 from gateway.generation import Features, parse_features
+from gateway.paths import ALLOWED_ENV
 from gateway.rollout.settings import (
     DEFAULT_STEPS,
     Gates,
@@ -387,7 +388,8 @@ def test_durations_below_their_floor(block: str, expected: str) -> None:
 # --- paths -------------------------------------------------------------------------------------------------------
 
 
-def test_paths_resolve_against_the_config_files_folder(tmp_path: Path) -> None:
+def test_paths_resolve_against_the_config_files_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ALLOWED_ENV, str(tmp_path / "data"))  # ../data is outside the config's folder (gateway.paths)
     folder = tmp_path / "conf"
     folder.mkdir()
     path = folder / "gateway.yaml"
@@ -411,12 +413,14 @@ def test_paths_resolve_against_the_config_files_folder(tmp_path: Path) -> None:
         ("null", None),  # no state file: the rollout's state lives in memory only
     ],
 )
-def test_state_file(state_file: str, expected: Path | None) -> None:
+def test_state_file(state_file: str, expected: Path | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ALLOWED_ENV, "/srv/gw/state:/var/lib/gateway")  # outside the config's folder: allowed here
     assert rollout(f"{{candidate: canary, state_file: {state_file}}}").state_file == expected
 
 
 def test_paths_under_home_are_expanded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv(ALLOWED_ENV, str(tmp_path))
     settings = rollout("{candidate: canary, state_file: ~/fraud.json, validate: {golden_set: ~/golden.csv}}")
     assert settings.state_file == tmp_path / "fraud.json"
     assert settings.validate is not None and settings.validate.golden_set == tmp_path / "golden.csv"
