@@ -110,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--surge", type=float, default=3.0, help="the surge's rate, in multiples of capacity")
     parser.add_argument("--max-queue-wait", type=float, default=0.005, help="the gateway's --max-queue-wait")
     parser.add_argument("--max-loop-lag", type=float, default=0.005, help="the gateway's --max-loop-lag")
+    parser.add_argument("--gateway-arg", action="append", default=[], help="one more argument for gateway serve")
     parser.add_argument("--smoke", action="store_true", help="seconds, not minutes (checks the tool runs)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -126,7 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             (sys.executable, "-m", "gateway", "serve", "--model-repository", str(repository), "--host", "{host}",
              "--port", "{port}", "--log-level", "warning", "--drain-delay", "0", "--max-concurrency", "1",
              "--inline-below-us", "0",
-             "--max-queue-wait", str(args.max_queue_wait), "--max-loop-lag", str(args.max_loop_lag)),
+             "--max-queue-wait", str(args.max_queue_wait), "--max-loop-lag", str(args.max_loop_lag),
+             *args.gateway_arg),
         )  # fmt: skip
         server = start_server(spec, log_dir=work / "logs", cores=SERVER_CORES)
         url = f"{server.base_url}/v2/models/{MEDIUM.name}/infer"
