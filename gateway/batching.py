@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from gateway.errors import BackendError, NotReadyError, OverloadedError, ProtocolError
+from gateway.errors import BackendError, DeadlineExceededError, NotReadyError, OverloadedError, ProtocolError
 
 logger = logging.getLogger(__name__)
 
@@ -165,6 +165,7 @@ class _Pending:
     key: _Key
     enqueued: float
     future: asyncio.Future[Outputs] = field(repr=False)
+    deadline: float = math.inf  # on the batcher's clock: past it when its batch forms, the request is dropped unrun
 
 
 class DynamicBatcher:
@@ -215,8 +216,10 @@ class DynamicBatcher:
     def queued(self) -> int:
         return len(self._queue)
 
-    async def submit(self, inputs: Arrays) -> Outputs:
-        """Queue one request (all inputs share a first, batch dimension) and return its slice of the outputs."""
+    async def submit(self, inputs: Arrays, timeout: float | None = None) -> Outputs:
+        """Queue one request (all inputs share a first, batch dimension) and return its slice of the outputs. With
+        `timeout` (seconds it may still wait), a request whose time is up when its batch forms is dropped, never
+        run, with DeadlineExceededError."""
         if self._closing:
             raise NotReadyError(f"{self._name}: the batcher is shutting down")
         if self._max_queue and len(self._queue) >= self._max_queue:
@@ -227,7 +230,9 @@ class DynamicBatcher:
             )
         rows, key = _shape_of(inputs)
         loop = asyncio.get_running_loop()
-        item = _Pending(inputs, rows, key, self._clock(), loop.create_future())
+        enqueued = self._clock()
+        deadline = math.inf if timeout is None else enqueued + timeout
+        item = _Pending(inputs, rows, key, enqueued, loop.create_future(), deadline)
         self._queue.append(item)
         self._queued_rows[key] = self._queued_rows.get(key, 0) + rows
         self._queued_count[key] = self._queued_count.get(key, 0) + 1
@@ -370,6 +375,18 @@ class DynamicBatcher:
 
     def _dispatch(self, batch: list[_Pending]) -> None:
         now = self._clock()
+        if any(item.deadline < now for item in batch):
+            for item in batch:
+                if item.deadline < now and not item.future.done():
+                    waited = now - item.enqueued
+                    item.future.set_exception(
+                        DeadlineExceededError(
+                            f"{self._name}: the request's deadline passed after {waited:.3f} s queued"
+                        )
+                    )
+            batch = [item for item in batch if item.deadline >= now]
+            if not batch:
+                return
         rows = 0
         m = self._metrics
         for item in batch:

@@ -8,9 +8,10 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
+from time import perf_counter
 from typing import Any
 
-from gateway.admission import NO_HEADERS
+from gateway.admission import NO_HEADERS, request_timeout
 from gateway.backends import Arrays, Execution
 from gateway.backends.onnx import OnnxBackend, OnnxOptions, load_onnx
 from gateway.batching import BatchingMetrics, DynamicBatcher, executor_offload
@@ -86,7 +87,7 @@ class VersionLoader:
         profile = _profile(source, backend)
         metrics = self._metrics.bind(source.model, str(source.version))
         batcher = None if batching is None else self._batcher(backend, batching, metrics, source)
-        runner: Runner = backend.infer if batcher is None else _batched(batcher)
+        runner: Runner = backend.infer if batcher is None else _batched(batcher, self._options.request_timeout)
         drift_key = DriftKey(source.model, str(source.version))
         return Loaded(Served(source, backend, metrics, runner, drift_key, profile), stamp, batching, batcher, digest)
 
@@ -153,10 +154,13 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _batched(batcher: DynamicBatcher) -> Runner:
+def _batched(batcher: DynamicBatcher, default_timeout: float) -> Runner:
     async def infer(inputs: Arrays, headers: Mapping[str, str] = NO_HEADERS, start: float | None = None) -> Execution:
-        # The batcher keeps its own queue policy (max_queue_size); request deadlines are not applied to it yet.
-        return Execution(await batcher.submit(inputs), None)  # compute is observed per batch, in the batch's run
+        # Every batched request waits in the queue, so its deadline is read here (a header scan, on this path only).
+        timeout = request_timeout(headers, default_timeout)
+        if start is not None:
+            timeout -= perf_counter() - start
+        return Execution(await batcher.submit(inputs, timeout), None)  # compute is observed per batch
 
     return infer
 

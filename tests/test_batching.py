@@ -21,7 +21,7 @@ from gateway.batching import (
     Offload,
     executor_offload,
 )
-from gateway.errors import BackendError, NotReadyError, OverloadedError, ProtocolError
+from gateway.errors import BackendError, DeadlineExceededError, NotReadyError, OverloadedError, ProtocolError
 
 T = TypeVar("T")
 Arrays = Mapping[str, npt.NDArray[Any]]
@@ -502,3 +502,27 @@ def test_onnxruntime_batched_outputs_equal_unbatched_ones(
     executions = sample(registry, "gateway_batch_executions_total")
     assert executions < len(requests)  # it really batched
     assert sample(registry, "gateway_batch_inferences_total") == sum(x.shape[0] for x in requests)
+
+
+def test_a_request_whose_deadline_passed_in_the_queue_is_dropped_unrun(
+    registry: CollectorRegistry, pool: ThreadPoolExecutor
+) -> None:
+    now = [0.0]
+    model = FakeModel()
+    batcher = make(model, registry, pool, max_batch_size=8, delay_us=30_000_000, clock=lambda: now[0])
+
+    async def scenario() -> None:
+        late = asyncio.ensure_future(batcher.submit({"x": rows_of(1, 0)}, timeout=5.0))
+        patient = asyncio.ensure_future(batcher.submit({"x": rows_of(1, 10)}, timeout=60.0))
+        await asyncio.sleep(0)
+        now[0] = 31.0  # past the queue delay (the batch forms) and past the first one's 5 s
+        other = asyncio.ensure_future(batcher.submit({"x": rows_of(1, 0, width=5)}))  # wakes the loop
+        with pytest.raises(DeadlineExceededError, match="deadline passed after 31.000 s queued"):
+            await asyncio.wait_for(late, timeout=10)
+        np.testing.assert_array_equal((await asyncio.wait_for(patient, 10))["x_out"], rows_of(1, 10) * 2)
+        await batcher.aclose()
+        assert other.done()
+
+    arun(scenario())
+    assert [c["x"] for c in model.calls] == [(1, 3), (1, 5)]  # the late request never reached the model
+    assert sample(registry, "gateway_batch_requests_total") == 2
