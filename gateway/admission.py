@@ -3,9 +3,9 @@
 Four rules, each refusing as early and as cheaply as it can (Triton's queue policy and Envoy's overload manager,
 in our words):
 
-- **In flight, globally.** At most `max_inflight` requests between their head and their answer (decoding, waiting
-  for a model, running). Checked by the transport once a request's head is in, before its body is kept or decoded:
-  over the bound, 503 with Retry-After (the body is read and dropped, so the connection stays usable).
+- **In flight, globally.** At most `max_inflight` requests in the data plane at once (decoding, waiting for a
+  model, running). Checked first thing in `DataPlane.infer`, before anything is decoded: over the bound, 503 with
+  Retry-After (the body was read, so the connection stays usable).
 - **Event-loop lag, globally.** Requests the loop has not read yet wait in socket buffers, where no bound sees
   them; `LagMonitor` measures how late a timer fires, and while that lag is over `max_loop_lag` every new request
   is refused the same way, until the loop has caught up.
@@ -17,32 +17,20 @@ in our words):
   is dropped, never run, and answered 504.
 
 The per-version rules run only on the slow path (a request that has to wait), so the common request pays for none
-of them; the global one is one comparison at the transport.
+of them; the two global ones are one comparison in the data plane (`DataPlane._capacity`: the bound, or 0 while
+the loop lags).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Final, Protocol
 
 from gateway.errors import ProtocolError
 
 TIMEOUT_HEADER: Final = "x-request-timeout-ms"
 NO_HEADERS: Mapping[str, str] = {}
-
-
-@dataclass(frozen=True, slots=True)
-class AdmissionSettings:
-    max_inflight: int = 0  # requests between head and answer, all routes together; 0: no bound
-    request_timeout: float = 30.0  # seconds a request may wait for its model, unless its header says otherwise
-    max_queue_wait: float = 1.0  # seconds of work a request may find waiting ahead of it for a slot
-    max_loop_lag: float = 0.1  # seconds the event loop may run behind before new requests are refused; 0: never
-
-    def __post_init__(self) -> None:
-        if self.max_inflight < 0 or self.request_timeout <= 0 or self.max_queue_wait <= 0 or self.max_loop_lag < 0:
-            raise ValueError(f"admission settings out of range: {self}")
 
 
 def request_timeout(headers: Mapping[str, str], default: float) -> float:

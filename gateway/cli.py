@@ -32,6 +32,14 @@ def default_config() -> Path:
     )
 
 
+def _allow_path_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-path", type=Path, action="append", default=[], metavar="DIR",
+        help="a folder the config's files (golden sets, state files, the prediction log) may be in beyond the"
+        " config's folder and the model repository (repeatable; also GATEWAY_ALLOWED_PATHS)",
+    )  # fmt: skip
+
+
 def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("serve", help="serve models over the Open Inference Protocol (V2 REST)")
     source = p.add_mutually_exclusive_group()
@@ -67,11 +75,7 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="seconds a request may wait for its model (header x-request-timeout-ms overrides), else 504 unrun",
     )  # fmt: skip
     p.add_argument("--reload-interval", type=float, default=1.0, help="seconds between config content checks")
-    p.add_argument(
-        "--allow-path", type=Path, action="append", default=[], metavar="DIR",
-        help="a folder the config's files (golden sets, state files, the prediction log) may be in beyond the"
-        " config's folder and the model repository (repeatable; also GATEWAY_ALLOWED_PATHS)",
-    )  # fmt: skip
+    _allow_path_argument(p)
     p.add_argument(
         "--transport", choices=["direct", "plain"], default="direct",
         help="direct: inference requests answered straight from the HTTP parser (default); plain: everything through"
@@ -258,11 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     v = sub.add_parser("validate", help="validate a config and load its models, as a reload would")
     v.add_argument("path", type=Path)
     v.add_argument("--json", action="store_true", help="print one JSON document (each route's report) for CI")
-    v.add_argument(
-        "--allow-path", type=Path, action="append", default=[], metavar="DIR",
-        help="a folder the config's files (golden sets, state files, the prediction log) may be in beyond the"
-        " config's folder and the model repository (repeatable; also GATEWAY_ALLOWED_PATHS)",
-    )  # fmt: skip
+    _allow_path_argument(v)
     p = sub.add_parser("profile", help="build a drift reference profile for a model version from its training data")
     profile_command.add_arguments(p)
     r = sub.add_parser("rollout", help="show or steer a running gateway's rollouts (status, pause, resume, ...)")

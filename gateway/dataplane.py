@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from time import perf_counter
@@ -145,10 +146,12 @@ class DataPlane:
         self._sampler = sampler
         self._predlog = predlog
         self._inflight = metrics.inflight
-        self.inflight = metrics.inflight  # read by the transport's admission check (gateway/admission.py)
         self.max_inflight = max_inflight  # 0: no global bound
-        self.refusing = False  # set by admission.LagMonitor while the event loop runs too far behind
-        self.loop_lag = 0.0  # the monitor's smoothed lag, seconds
+        # Admission (gateway/admission.py) as one number a request compares its in-flight count with: the bound, or
+        # 0 while the event loop lags (the `refusing` setter), so the common request pays one comparison for both.
+        self._capacity = max_inflight or sys.maxsize
+        self._refusing = False
+        self.loop_lag = 0.0  # admission.LagMonitor's smoothed lag, seconds
         self._unknown = metrics.unknown
         self.draining = False  # set once on SIGTERM (gateway/serving.py): not ready, answers close their connections
 
@@ -176,6 +179,8 @@ class DataPlane:
         inflight = self._inflight
         inflight.value += 1
         try:
+            if inflight.value > self._capacity:  # refused before anything is decoded
+                raise self._over_capacity()
             route = snapshot.table.routes.get(name)
             if route is None:
                 raise UnknownModelError(f"unknown model '{name}'")
@@ -254,17 +259,24 @@ class DataPlane:
         metrics.latency.observe(elapsed)
         return Reply(encoded, head_length, record.header)
 
-    def over_capacity(self) -> OverloadedError | None:
-        """The refusal a new request gets while the loop lags or the gateway already holds `max_inflight` requests,
-        else None."""
-        if self.refusing:
+    @property
+    def refusing(self) -> bool:
+        return self._refusing
+
+    @refusing.setter
+    def refusing(self, value: bool) -> None:
+        """Set by admission.LagMonitor while the event loop runs too far behind: every new request is refused."""
+        self._refusing = value
+        self._capacity = 0 if value else (self.max_inflight or sys.maxsize)
+
+    def _over_capacity(self) -> OverloadedError:
+        if self._refusing:
             return OverloadedError(
                 f"the gateway is overloaded: its event loop runs {self.loop_lag * 1e3:.0f} ms behind", retry_after=1.0
             )
-        bound = self.max_inflight
-        if bound and self._inflight.value >= bound:
-            return OverloadedError(f"the gateway is serving its limit of {bound} requests at once", retry_after=1.0)
-        return None
+        return OverloadedError(
+            f"the gateway is serving its limit of {self.max_inflight} requests at once", retry_after=1.0
+        )
 
     def count_refused(self, exc: GatewayError) -> None:
         """Count a request the edge refused before it reached `infer` (e.g. a body over the limit)."""

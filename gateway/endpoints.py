@@ -171,9 +171,6 @@ def refusal(exc: GatewayError, what: str) -> Answer:
 async def infer(dataplane: DataPlane, scope: Scope, receive: Receive, send: Send, model: str, pin: str | None) -> None:
     """POST .../infer as a bare ASGI handler (the transport's direct path is faster still; see `transport`)."""
     try:
-        over = dataplane.over_capacity()  # admission before the body is read (gateway/admission.py)
-        if over is not None:
-            raise over
         body = await _read_body(scope, receive, dataplane.snapshot.max_body_bytes)
     except GatewayError as exc:
         dataplane.count_refused(exc)

@@ -22,7 +22,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from gateway.dataplane import DataPlane
 from gateway.endpoints import DECISION_HEADER, RawHeaders, failure, infer_target, refusal, success
-from gateway.errors import GatewayError, OverloadedError, PayloadTooLargeError
+from gateway.errors import PayloadTooLargeError
 from gateway.protocol import encode_error
 
 logger = logging.getLogger(__name__)
@@ -253,14 +253,10 @@ class InferenceProtocol(HttpToolsProtocol):
         if cycle is not None and not cycle.response_complete and getattr(cycle, "response_started", True):
             self.transport.close()  # an answer is being written: cutting it short is all that is left
             return
-        if not self.transport.is_closing():
-            body = encode_error(message)
-            head = [STATUS_LINE[status]]
-            for name, value in self.server_state.default_headers:
-                head += [name, b": ", value, b"\r\n"]
-            head += [b"content-type: application/json\r\ncontent-length: ", str(len(body)).encode()]
-            self.transport.write(b"".join((*head, b"\r\nconnection: close\r\n\r\n", body)))
-        self.transport.close()
+        if self.transport.is_closing():
+            return
+        body = encode_error(message)
+        self._send(_Busy(False), self._head(status, [(b"content-type", b"application/json")], body), body)
 
     def on_headers_complete(self) -> None:
         self._began = -self._began  # type: ignore[operator]  # set by on_message_begin
@@ -282,12 +278,7 @@ class InferenceProtocol(HttpToolsProtocol):
             return
         self._target = target
         self._chunks, self._size = [], 0
-        # Admission (gateway/admission.py): while the loop lags or over the in-flight bound, the body is read and
-        # dropped (a limit of -1 keeps none of it) and the answer is a 503; on the common path, two attribute reads.
-        dataplane = self.dataplane
-        bound = dataplane.max_inflight
-        refused = dataplane.refusing or (bound and dataplane.inflight.value >= bound)
-        self._limit = -1 if refused else dataplane.snapshot.max_body_bytes
+        self._limit = self.dataplane.snapshot.max_body_bytes
         if self.expect_100_continue:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
@@ -334,9 +325,7 @@ class InferenceProtocol(HttpToolsProtocol):
                        body: bytes, size: int) -> None:  # fmt: skip
         dataplane = self.dataplane
         if size > self._limit:
-            exc: GatewayError = dataplane.over_capacity() or OverloadedError("the gateway is at its in-flight limit")
-            if self._limit >= 0:
-                exc = PayloadTooLargeError(f"request body of {size} bytes is over the limit of {self._limit} bytes")
+            exc = PayloadTooLargeError(f"request body of {size} bytes is over the limit of {self._limit} bytes")
             dataplane.count_refused(exc)
             answer = refusal(exc, f"POST /v2/models/{model}/infer")
         else:
@@ -361,13 +350,15 @@ class InferenceProtocol(HttpToolsProtocol):
         if busy.disconnected:
             return
         status, extra, payload = answer
+        self._send(busy, self._head(status, extra, payload), payload)
+
+    def _head(self, status: int, extra: Sequence[tuple[bytes, bytes]], payload: bytes) -> list[bytes]:
+        """An answer's status line and headers (the server's defaults, `extra`, the length), short of the blank line."""
         out = [STATUS_LINE[status]]
-        for name, value in self.server_state.default_headers:
-            out += [name, b": ", value, b"\r\n"]
-        for name, value in extra:
+        for name, value in (*self.server_state.default_headers, *extra):
             out += [name, b": ", value, b"\r\n"]
         out += [b"content-length: ", str(len(payload)).encode(), b"\r\n"]
-        self._send(busy, out, payload)
+        return out
 
     def _send(self, busy: _Busy, head: Sequence[bytes], payload: bytes) -> None:
         """Write the head (its lines so far), the blank line and the payload in one write, then finish the cycle."""

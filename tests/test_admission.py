@@ -21,7 +21,7 @@ import orjson
 import pytest
 from server import Server, gateway
 
-from gateway.admission import TIMEOUT_HEADER, AdmissionSettings, request_timeout
+from gateway.admission import TIMEOUT_HEADER, request_timeout
 from gateway.backends.onnx import OnnxBackend, OnnxOptions
 from gateway.errors import DeadlineExceededError, OverloadedError, ProtocolError
 
@@ -152,11 +152,6 @@ def test_a_timeout_header_that_is_not_a_positive_number_of_milliseconds_is_named
         request_timeout({TIMEOUT_HEADER: value}, 30.0)
     assert request_timeout({TIMEOUT_HEADER: "250"}, 30.0) == pytest.approx(0.25)
     assert request_timeout({}, 30.0) == 30.0
-
-
-def test_settings_out_of_range_are_refused() -> None:
-    with pytest.raises(ValueError, match="admission settings out of range"):
-        AdmissionSettings(request_timeout=0)
 
 
 # ---- the global bound, over HTTP --------------------------------------------------------------------------------

@@ -224,18 +224,23 @@ class OnnxBackend:
         finally:
             self._slots.release()
 
+    def _ahead(self) -> float:
+        """Seconds until a slot frees for a newcomer: the work waiting ahead of it and its own turn."""
+        return (self._waiting + 1) * self._service / self._concurrency
+
     def _reassess(self) -> None:
         waiting = self._waiting
-        ahead = (waiting + 1) * self._service / self._concurrency
         # Only with requests already waiting are the slots all busy: a request that finds a free slot never waits.
-        self.shedding = waiting > 0 and (waiting >= self._max_waiting or ahead > self._max_queue_wait)
+        self.shedding = waiting > 0 and (waiting >= self._max_waiting or self._ahead() > self._max_queue_wait)
 
-    def overloaded(self) -> OverloadedError:
-        """The refusal a request gets while `shedding` (before its body is decoded)."""
-        ahead = (self._waiting + 1) * self._service / self._concurrency
+    def overloaded(self, allowed: float | None = None) -> OverloadedError:
+        """The refusal of a request that may wait `allowed` seconds (default max_queue_wait): also what a request
+        gets while `shedding`, before its body is decoded."""
+        ahead = self._ahead()
+        allowed = self._max_queue_wait if allowed is None else max(0.0, allowed)
         return OverloadedError(
             f"{self._waiting} requests are already waiting for this model version (about {ahead * 1e3:.0f} ms of"
-            f" work ahead; a request may wait {self._max_queue_wait * 1e3:.0f} ms)",
+            f" work ahead; this request may wait {allowed * 1e3:.0f} ms)",
             retry_after=max(1.0, ahead),
         )
 
@@ -244,14 +249,9 @@ class OnnxBackend:
         time: too many waiting, or more work ahead of it than `max_queue_wait` or its remaining time."""
         now = perf_counter()
         deadline = (now if start is None else start) + request_timeout(headers, self._request_timeout)
-        ahead = (self._waiting + 1) * self._service / self._concurrency  # seconds until a slot frees for it
         allowed = min(self._max_queue_wait, deadline - now)
-        if self._waiting >= self._max_waiting or ahead > allowed:
-            raise OverloadedError(
-                f"{self._waiting} requests are already waiting for this model version (about {ahead * 1e3:.0f} ms"
-                f" of work ahead; this request may wait {max(0.0, allowed) * 1e3:.0f} ms)",
-                retry_after=max(1.0, ahead),
-            )
+        if self._waiting >= self._max_waiting or self._ahead() > allowed:
+            raise self.overloaded(allowed)
         return deadline
 
     def close(self) -> None:

@@ -14,18 +14,17 @@ import pickle
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from gateway.backends import ModelFile
+from gateway.backends import Arrays, ModelFile
 
 logger = logging.getLogger(__name__)
 
-Arrays = Mapping[str, npt.NDArray[Any]]
 Seconds = npt.NDArray[np.float64]
 
 WARMUP_RUNS = 10
