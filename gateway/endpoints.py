@@ -160,7 +160,7 @@ def failure(exc: Exception, model: str) -> Answer:
 def refusal(exc: GatewayError, what: str) -> Answer:
     """The answer to a request refused with `exc`; `what` names the request in the log when it is a server fault."""
     status = status_for(exc)
-    if status >= 500 and not isinstance(exc, NotReadyError | OverloadedError | DeadlineExceededError):
+    if status >= 500 and not exc.routine:
         logger.error("%s failed: %s", what, exc, exc_info=exc)
     headers = [_JSON_TYPE]
     if isinstance(exc, OverloadedError):

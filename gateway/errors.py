@@ -6,6 +6,10 @@ from __future__ import annotations
 class GatewayError(Exception):
     """Root of every error the gateway raises on purpose."""
 
+    # A server-side status that is the gateway working as designed (not ready, shedding, a deadline), which the edge
+    # answers without logging a fault.
+    routine = False
+
 
 class ProtocolError(GatewayError):
     """A request that does not follow the Open Inference Protocol or the model's signature (bad input)."""
@@ -32,9 +36,13 @@ class UnknownVersionError(UnknownModelError):
 class NotReadyError(GatewayError):
     """The model or version is known but cannot serve right now."""
 
+    routine = True
+
 
 class OverloadedError(GatewayError):
     """A queue or concurrency limit was hit; the client should retry after `retry_after` seconds."""
+
+    routine = True
 
     def __init__(self, message: str, retry_after: float = 1.0) -> None:
         super().__init__(message)
@@ -43,6 +51,8 @@ class OverloadedError(GatewayError):
 
 class DeadlineExceededError(GatewayError):
     """The request's deadline passed while it waited for its model: dropped without running (504)."""
+
+    routine = True
 
 
 class ConflictError(GatewayError):
