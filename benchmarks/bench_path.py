@@ -76,7 +76,8 @@ def _protocol(repository: Path, inline_below_us: float) -> tuple[Any, StandInTra
     from gateway.backends.onnx import OnnxOptions
     from gateway.transport import StandInTransport, protocol_for
 
-    app = create_app(Settings(model_repository=repository, onnx=OnnxOptions(inline_below_us=inline_below_us)))
+    # Seeded: every sampling draw (drift, routing) is the same each run, so instruction counts compare run to run.
+    app = create_app(Settings(model_repository=repository, onnx=OnnxOptions(inline_below_us=inline_below_us)), seed=0)
     config = Config(app, http=protocol_for(app.state.dataplane), lifespan="off", access_log=False)
     config.load()
     protocol: Any = config.http_protocol_class(config=config, server_state=ServerState(), app_state={})  # type: ignore[call-arg]
