@@ -3,9 +3,9 @@
     python -m benchmarks.bench_overload                # 30 s at 80 %, 30 s at 3x, 10 s back at 80 %
     python -m benchmarks.bench_overload --smoke        # a few seconds; the test suite runs it
 
-One gateway (pinned to core 0, the load generator to core 1 where taskset exists) serves the medium MLP of
-benchmarks/models.py from a thread (`--inline-below-us 0`: at a few hundred microseconds a row, the start-up timing
-would otherwise put it on the event loop on some runs and in a thread on others), one execution at a time
+One gateway (pinned to core 0, the load generator to core 1 where taskset exists) serves the deep MLP of
+benchmarks/models.py (about 1 ms a row) from a thread (`--inline-below-us 0`: the start-up timing must not put it on
+the event loop on some runs and in a thread on others), one execution at a time
 (`--max-concurrency 1`: one core). The queue bound is `--max-queue-wait 0.005` and the loop-lag bound
 `--max-loop-lag 0.005` (both flags of this tool): the latency budget an operator would set. In one run:
 
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.loadgen import BIN_S, LoadResult
-from benchmarks.models import MEDIUM, write_repository
+from benchmarks.models import DEEP, write_repository
 from benchmarks.payload import build_body
 from benchmarks.servers import ServerSpec, pin_prefix, start_server
 
@@ -119,9 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         repository = work / "models"
-        write_repository(repository, [MEDIUM])
+        write_repository(repository, [DEEP])
         body = work / "body.json"
-        body.write_bytes(build_body([{"name": "input", "shape": [-1, MEDIUM.n_inputs], "datatype": "FP32"}]))
+        body.write_bytes(build_body([{"name": "input", "shape": [-1, DEEP.n_inputs], "datatype": "FP32"}]))
         spec = ServerSpec(
             "gateway",
             (sys.executable, "-m", "gateway", "serve", "--model-repository", str(repository), "--host", "{host}",
@@ -131,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
              *args.gateway_arg),
         )  # fmt: skip
         server = start_server(spec, log_dir=work / "logs", cores=SERVER_CORES)
-        url = f"{server.base_url}/v2/models/{MEDIUM.name}/infer"
+        url = f"{server.base_url}/v2/models/{DEEP.name}/infer"
         results: dict[str, LoadResult] = {}
         try:
             with RssSampler(server.process.pid) as rss:

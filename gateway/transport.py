@@ -111,56 +111,67 @@ class ReadLimits:
     max_headers: int = 100
 
 
-class _Clock:
-    """monotonic() as of the last sweep (or arming), read by every request's start instead of the clock itself: an
-    attribute read costs a tenth of a clock call, and the sweeper's verdicts allow for the staleness (one period)."""
-
-    __slots__ = ("now",)
-
-    def __init__(self) -> None:
-        self.now = monotonic()
-
-
-_CLOCK = _Clock()  # shared by every server in the process: a clock, however many sweepers keep it
-
-
 class _Sweeper:
     """One timer per server, not per request: it looks at every connection once every `period` seconds and answers
-    408 (and closes) those that have been reading one request for too long. A request's start is stamped with the
-    coarse clock, at most one period (plus the loop's lag) early, so a limit is enforced once the stamp is older
-    than the limit plus a period: never early, and at most a quarter of the limit late."""
+    408 (and closes) those that have been reading one request for too long.
+
+    A request carries no timestamp (a store per request is paid by every request). The sweeper tells what a
+    connection is doing from state the protocol keeps anyway (`_heading`, the direct path's target, uvicorn's cycle
+    and keep-alive timer) and knows a request by its header list, which every request's start makes anew: it notes
+    when it first saw that list. The request began after the sweep before, so a limit is enforced once the first
+    sighting is older than the limit: never early, and at most two periods (a quarter of the limit) late."""
 
     def __init__(self, limits: ReadLimits) -> None:
         self.limits = limits
         self.period = max(0.02, min(limits.header_timeout, limits.body_timeout) / 8)
         self.armed = False
+        self._seen: dict[InferenceProtocol, tuple[object, float]] = {}
 
     def arm(self, protocol: InferenceProtocol) -> None:
         if not self.armed:
             self.armed = True
-            _CLOCK.now = monotonic()
             protocol.loop.call_later(self.period, self._sweep, protocol.loop, protocol.connections)
 
     def _sweep(self, loop: Any, connections: set[Any]) -> None:
-        now = _CLOCK.now = monotonic()
-        limits, slack = self.limits, self.period
+        now = monotonic()
+        seen, self._seen = self._seen, {}
         for connection in list(connections):
-            began = getattr(connection, "_began", None)
-            if began is None:
+            limit = self._limit(connection)
+            if limit is None or connection.transport.is_closing():
                 continue
-            if began < 0:  # the head is read: the body's limit, from the same start
-                if now + began > limits.body_timeout + slack:
-                    connection.refuse(408, "the request body did not arrive in time")
-            elif now - began > limits.header_timeout + slack:
-                if connection._read:
-                    connection.refuse(408, "the request headers did not arrive in time")
-                else:  # never sent a byte: a 408 now could be read as the answer to a request crossing it
+            marker = connection.headers
+            first = seen.get(connection)
+            since = first[1] if first is not None and first[0] is marker else now
+            self._seen[connection] = (marker, since)
+            if now - since > limit[0]:
+                if limit[1] is None:  # sent nothing, or no request: a 408 now could cross a request on its way
                     connection.transport.close()
-        _CLOCK.now = monotonic()  # refusals write and close: the stamps the next requests take stay fresh
+                else:
+                    connection.refuse(408, limit[1])
         if connections:
             loop.call_later(self.period, self._sweep, loop, connections)
         else:
             self.armed = False
+            self._seen = {}
+
+    def _limit(self, connection: Any) -> tuple[float, str | None] | None:
+        """The time `connection` may take over what it is sending and what to answer past it (None: close without
+        an answer), or None when it is not sending a request."""
+        limits = self.limits
+        if connection._heading:
+            return limits.header_timeout, "the request headers did not arrive in time"
+        if connection.headers is None:  # connected, never began a request
+            return limits.header_timeout, None
+        if connection._target is not None:  # the direct path, reading a body
+            return limits.body_timeout, "the request body did not arrive in time"
+        cycle = connection.cycle
+        if cycle is not None and not cycle.response_complete:
+            if getattr(cycle, "more_body", False):  # uvicorn's path, reading a body
+                return limits.body_timeout, "the request body did not arrive in time"
+            return None  # answering: the server's business
+        if connection.timeout_keep_alive_task is None:  # not idle under uvicorn's keep-alive timer: stray bytes
+            return limits.header_timeout, None
+        return None
 
 
 class _LimitError(Exception):
@@ -176,20 +187,26 @@ class InferenceProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # The class's shared objects, read per request, copied to the instance: Python 3.11 specialises attribute
+        # reads from an instance's own dict, not class attributes read through an instance (tens of instructions).
+        self.dataplane = self.dataplane
+        self.head = self.head
+        self.targets = self.targets
         self._target: tuple[str, str | None] | None = None
         self._chunks: list[bytes] = []
         self._size = 0
         self._limit = 0
-        # When the request being read began, on the coarse clock: positive while its head is read, negated once the
-        # head is in (one field, so a request's start is one store), None between requests.
-        self._began: float | None = None
-        self._head_bytes = 0  # the size of this request's head so far, once it is split over reads
-        self._read = 0  # bytes of the read being parsed
+        # Read limits. Only `_heading` (a head is being read) is kept per request; a read that could carry a head
+        # over the size limit, or continues a head, takes `_receive_carefully`, which counts.
+        self._heading = False
+        self._roomy = self.limits.max_header_bytes  # a read up to this size cannot hold a head over the limit
+        self._max_headers = self.limits.max_headers  # -1 while a read is parsed carefully: the head is measured
+        self._head_of: object = None  # the header list `_head_bytes` is counted for
+        self._head_bytes = 0
         self._refusal: tuple[int, str] | None = None
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
-        self._began = monotonic()  # a connection that sends nothing is held no longer than one that trickles
         self.sweeper.arm(self)
 
     def on_message_begin(self) -> None:
@@ -197,35 +214,48 @@ class InferenceProtocol(HttpToolsProtocol):
         self.url = b""
         self.expect_100_continue = False
         self.headers = []
-        self._began = _CLOCK.now
-        self._head_bytes = 0
+        self._heading = True
 
     def data_received(self, data: bytes) -> None:
-        # uvicorn's own, with the head's size counted per read rather than per header (the parser calls back for
-        # every header, and a line there is paid by every request): when a head is still incomplete after a read,
-        # its size so far is measured (the first time) or grown by the read, which also bounds what the parser
-        # buffers of one endless header. A head that ends in a read is measured exactly in on_headers_complete
-        # when the reads it came in could hold more than the limit.
         self._unset_keepalive_if_required()
-        self._read = len(data)
+        if len(data) > self._roomy or self._heading:  # rare: a huge read, or a head split over reads
+            self._receive_carefully(data)
+            return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        """uvicorn's data_received, after its keep-alive timer is unset."""
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
             msg = "Invalid HTTP request received."
             self.logger.warning(msg)
             self.send_400_response(msg)
-            return
         except httptools.HttpParserUpgrade:
             if self._should_upgrade():
                 self.handle_websocket_upgrade()
             else:
                 self._unsupported_upgrade_warning()
-            return
-        began = self._began
-        if began is not None and began > 0:  # rare: a head split over reads
-            self._head_bytes = self._head_bytes + len(data) if self._head_bytes else self._head_size()
-            if self._head_bytes > self.limits.max_header_bytes:
-                self.refuse(431, self._header_limit_message())
+
+    def _receive_carefully(self, data: bytes) -> None:
+        """Feed a read that may take a head over the size limit. A head is counted across reads by the bytes that
+        arrived while it was read (measured exactly the first time, which also counts nothing of a request before
+        it), so one endless header cannot make the parser buffer more than the limit plus a read; a head that
+        completes in this read is measured exactly in on_headers_complete."""
+        limit = self.limits.max_header_bytes
+        if self._heading:
+            if self._head_of is not self.headers:
+                self._head_of, self._head_bytes = self.headers, self._head_size()
+            self._head_bytes += len(data)
+        self._max_headers = -1
+        try:
+            self._feed(data)
+        finally:
+            self._max_headers = self.limits.max_headers
+        if self._heading and self._head_of is self.headers and self._head_bytes > limit:
+            self.refuse(431, self._header_limit_message())
+        elif self._heading and len(data) > limit and self._head_size() > limit:
+            self.refuse(431, self._header_limit_message())
 
     def _head_size(self) -> int:
         return len(self.url) + sum(len(name) + len(value) for name, value in self.headers)
@@ -233,10 +263,6 @@ class InferenceProtocol(HttpToolsProtocol):
     def _header_limit_message(self) -> str:
         limits = self.limits
         return f"request headers over the limit ({limits.max_headers} headers, {limits.max_header_bytes} bytes)"
-
-    def _over_header_limit(self) -> None:
-        self._refusal = (431, self._header_limit_message())
-        raise _LimitError
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a request the parser refused; a limit's own status when a limit stopped it."""
@@ -248,7 +274,8 @@ class InferenceProtocol(HttpToolsProtocol):
 
     def refuse(self, status: int, message: str) -> None:
         """Answer `status` with `{"error": message}` and close, unless an answer is already on its way."""
-        self._began = None
+        self._heading = False
+        self._target = None
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete and getattr(cycle, "response_started", True):
             self.transport.close()  # an answer is being written: cutting it short is all that is left
@@ -259,12 +286,12 @@ class InferenceProtocol(HttpToolsProtocol):
         self._send(_Busy(False), self._head(status, [(b"content-type", b"application/json")], body), body)
 
     def on_headers_complete(self) -> None:
-        self._began = -self._began  # type: ignore[operator]  # set by on_message_begin
-        limits = self.limits
-        if len(self.headers) > limits.max_headers or (
-            self._head_bytes + self._read > limits.max_header_bytes and self._head_size() > limits.max_header_bytes
-        ):
-            self._over_header_limit()
+        self._heading = False
+        if len(self.headers) > self._max_headers:  # over the count, or a careful read: measure
+            limits = self.limits
+            if len(self.headers) > limits.max_headers or self._head_size() > limits.max_header_bytes:
+                self._refusal = (431, self._header_limit_message())
+                raise _LimitError
         target = self._direct_target()
         if target is None:
             self._target = None
@@ -298,7 +325,6 @@ class InferenceProtocol(HttpToolsProtocol):
             self._chunks.append(body)
 
     def on_message_complete(self) -> None:
-        self._began = None  # read in full: the answer is the server's business now
         if self._target is None:
             super().on_message_complete()
             return
@@ -355,7 +381,9 @@ class InferenceProtocol(HttpToolsProtocol):
     def _head(self, status: int, extra: Sequence[tuple[bytes, bytes]], payload: bytes) -> list[bytes]:
         """An answer's status line and headers (the server's defaults, `extra`, the length), short of the blank line."""
         out = [STATUS_LINE[status]]
-        for name, value in (*self.server_state.default_headers, *extra):
+        for name, value in self.server_state.default_headers:
+            out += [name, b": ", value, b"\r\n"]
+        for name, value in extra:
             out += [name, b": ", value, b"\r\n"]
         out += [b"content-length: ", str(len(payload)).encode(), b"\r\n"]
         return out
