@@ -81,6 +81,12 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="direct: inference requests answered straight from the HTTP parser (default); plain: everything through"
         " ASGI (also taken by itself when the installed uvicorn lacks what the direct path needs)",
     )  # fmt: skip
+    p.add_argument(
+        "--keep-alive-timeout", type=float, default=75.0,
+        help="seconds an idle connection (between requests, or before its first) is kept; set it above your load"
+        " balancer's idle timeout, so the balancer closes first and never sends on a connection as it closes"
+        " (default 75, nginx's)",
+    )  # fmt: skip
     p.add_argument("--header-timeout", type=float, default=10.0, help="seconds a request's headers may take (408)")
     p.add_argument("--body-timeout", type=float, default=30.0, help="seconds a whole request may take to arrive (408)")
     p.add_argument("--max-header-bytes", type=int, default=32 * 1024, help="bytes of one request's headers (431)")
@@ -153,6 +159,7 @@ def serve(args: argparse.Namespace) -> int:
         app, host=args.host, port=args.port, loop="uvloop", http=protocol,
         log_level=args.log_level, access_log=False, lifespan="on", server_header=False,
         timeout_graceful_shutdown=max(args.drain_timeout, 0.0), limit_concurrency=args.max_connections,
+        timeout_keep_alive=args.keep_alive_timeout,
     )  # fmt: skip
     GatewayServer(config, app.state.dataplane, drain_delay=max(args.drain_delay, 0.0)).run()
     return 0

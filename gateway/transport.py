@@ -160,8 +160,6 @@ class _Sweeper:
         limits = self.limits
         if connection._heading:
             return limits.header_timeout, "the request headers did not arrive in time"
-        if connection.headers is None:  # connected, never began a request
-            return limits.header_timeout, None
         if connection._target is not None:  # the direct path, reading a body
             return limits.body_timeout, "the request body did not arrive in time"
         cycle = connection.cycle
@@ -169,7 +167,7 @@ class _Sweeper:
             if getattr(cycle, "more_body", False):  # uvicorn's path, reading a body
                 return limits.body_timeout, "the request body did not arrive in time"
             return None  # answering: the server's business
-        if connection.timeout_keep_alive_task is None:  # not idle under uvicorn's keep-alive timer: stray bytes
+        if connection.timeout_keep_alive_task is None:  # sent bytes that began no request (blank lines)
             return limits.header_timeout, None
         return None
 
@@ -207,6 +205,9 @@ class InferenceProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
+        # Idle until its first byte, under the same keep-alive timeout as between requests: client pools and load
+        # balancers open connections ahead of use, and closing those sooner races their first request.
+        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
         self.sweeper.arm(self)
 
     def on_message_begin(self) -> None:
@@ -430,9 +431,12 @@ class _Continue:
 # an instance holds once a connection is made. Checked at start-up (`internals_missing`).
 _METHODS = (
     "on_message_begin", "on_headers_complete", "on_body", "on_message_complete", "on_response_complete", "shutdown",
-    "connection_made",
+    "connection_made", "timeout_keep_alive_handler",
 )  # fmt: skip
-_STATE = ("url", "headers", "expect_100_continue", "parser", "cycle", "transport", "server_state", "tasks", "loop")
+_STATE = (
+    "url", "headers", "expect_100_continue", "parser", "cycle", "transport", "server_state", "tasks", "loop",
+    "timeout_keep_alive", "timeout_keep_alive_task",
+)  # fmt: skip
 _PARSER = ("get_method", "should_upgrade", "get_http_version", "should_keep_alive")
 
 
