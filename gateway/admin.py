@@ -17,6 +17,7 @@ from gateway.errors import ConfigError
 
 TOKEN_ENV = "GATEWAY_ADMIN_TOKEN"
 PREFIX = "/admin"
+METRICS = "/metrics"
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -49,6 +50,11 @@ class AdminGuard:
         if not hmac.compare_digest(presented, self.token):
             return Refusal(401, "the admin token is not valid", challenge=True)
         return None
+
+
+def operational(path: str) -> bool:
+    """Metrics and admin calls: what moves to the admin listener when there is one (`--admin-port`)."""
+    return path == METRICS or path == PREFIX or path.startswith(PREFIX + "/")
 
 
 def _bearer(headers: list[tuple[bytes, bytes]]) -> bytes | None:

@@ -25,7 +25,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from gateway import __version__
-from gateway.admin import PREFIX as ADMIN_PREFIX, TOKEN_ENV, AdminGuard
+from gateway.admin import METRICS, TOKEN_ENV, AdminGuard, Refusal, operational
 from gateway.admission import LagMonitor
 from gateway.backends.onnx import OnnxOptions, runtime_version
 from gateway.batching import BatchingMetrics
@@ -76,7 +76,8 @@ class Settings:
     retire_grace: float = 30.0  # seconds a retired version's series stay, so its last requests are counted
     rollout_tick: float = 0.1  # seconds between looks at the rollouts (each evaluates its gates every `interval`)
     admin_token: bytes | None = field(default=None, repr=False)  # bearer token /admin/* requires (None: none)
-    exposed: bool = False  # listening beyond loopback: without a token, admin changes are refused
+    exposed: bool = False  # admin calls reachable beyond loopback: without a token, admin changes are refused
+    admin_apart: bool = False  # metrics and admin calls have their own listener (`--admin-port`), not the main one
     max_inflight: int = 0  # requests admitted at once (gateway/admission.py); 0: no bound
     max_loop_lag: float = 0.0  # seconds the loop may lag before new requests are refused; 0: never
 
@@ -111,13 +112,15 @@ def _report_failure(task: asyncio.Task[object]) -> None:
 
 
 class GatewayApp:
-    """The ASGI app: inference requests go straight to their handler (the hot path), everything else to Starlette."""
+    """The ASGI app: inference requests go straight to their handler (the hot path), everything else to Starlette.
+    With an admin listener (`admin_apart`), metrics and admin calls are served there (`operations`) and not here."""
 
-    def __init__(self, app: Starlette, dataplane: DataPlane, guard: AdminGuard) -> None:
+    def __init__(self, app: Starlette, dataplane: DataPlane, guard: AdminGuard, *, admin_apart: bool = False) -> None:
         self.app = app
         self.state = app.state  # dataplane, reloader, metrics, registry: what tests and handlers read
         self._dataplane = dataplane
         self._guard = guard
+        self._admin_apart = admin_apart
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -127,11 +130,32 @@ class GatewayApp:
                 if scope["method"] != "POST":
                     return await method_not_allowed(send, "POST")
                 return await infer(self._dataplane, scope, receive, send, *target)
-            if path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/"):
-                refusal = self._guard.check(scope["method"], scope["headers"])
-                if refusal is not None:
-                    return await refuse(send, refusal)
+            if operational(path):
+                if self._admin_apart:
+                    return await refuse(send, _NOT_HERE)
+                return await self._operate(scope, receive, send)
         await self.app(scope, receive, send)
+
+    async def operations(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The admin listener's app: metrics, admin calls (behind the same guard) and health; nothing else."""
+        if scope["type"] == "http":
+            path = scope["path"]
+            if operational(path):
+                return await self._operate(scope, receive, send)
+            if not path.startswith("/v2/health/"):
+                return await refuse(send, _NOT_OPERATIONS)
+        await self.app(scope, receive, send)
+
+    async def _operate(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] != METRICS:
+            refusal = self._guard.check(scope["method"], scope["headers"])
+            if refusal is not None:
+                return await refuse(send, refusal)
+        await self.app(scope, receive, send)
+
+
+_NOT_HERE = Refusal(404, "not found: metrics and admin calls are served on the admin port", challenge=False)
+_NOT_OPERATIONS = Refusal(404, "not found: the admin port serves /metrics, /admin/* and /v2/health/*", challenge=False)
 
 
 def create_app(
@@ -271,4 +295,5 @@ def create_app(
             "listening beyond loopback with no admin token: /admin changes (reload, rollout actions) are refused;"
             " set %s or --admin-token-file to allow them", TOKEN_ENV,
         )  # fmt: skip
-    return GatewayApp(app, dataplane, AdminGuard(settings.admin_token, settings.exposed))
+    guard = AdminGuard(settings.admin_token, settings.exposed)
+    return GatewayApp(app, dataplane, guard, admin_apart=settings.admin_apart)

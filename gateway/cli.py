@@ -104,6 +104,11 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="seconds, after the drain delay, that requests in flight may take to finish (default 30)",
     )  # fmt: skip
     p.add_argument(
+        "--admin-port", type=int, default=None,
+        help="serve /metrics and /admin/* on this port (with /v2/health/*) and not on the main one (default: the main)",
+    )  # fmt: skip
+    p.add_argument("--admin-host", default=None, help="the admin port's address (default: --host)")
+    p.add_argument(
         "--admin-token-file", type=Path,
         help="file holding the bearer token /admin/* requires (default: the GATEWAY_ADMIN_TOKEN environment variable)",
     )  # fmt: skip
@@ -116,10 +121,11 @@ def serve(args: argparse.Namespace) -> int:
     from gateway.app import Settings, create_app
     from gateway.backends.onnx import OnnxOptions
     from gateway.errors import GatewayError
-    from gateway.serving import GatewayServer
+    from gateway.serving import AdminListener, GatewayServer
     from gateway.transport import ReadLimits, protocol_for
 
     config = None if args.model_repository else (args.config or default_config())
+    admin_host = args.admin_host or args.host
     try:
         token = load_token(args.admin_token_file)
     except GatewayError as exc:
@@ -140,7 +146,8 @@ def serve(args: argparse.Namespace) -> int:
         max_loop_lag=args.max_loop_lag,
         reload_interval=args.reload_interval,
         admin_token=token,
-        exposed=not is_loopback(args.host),
+        exposed=not is_loopback(admin_host if args.admin_port is not None else args.host),
+        admin_apart=args.admin_port is not None,
     )
     try:
         app = create_app(settings)
@@ -152,7 +159,8 @@ def serve(args: argparse.Namespace) -> int:
     logger.info("serving %s from %s", ", ".join(routes) or "no models", config or args.model_repository)
     for name in routes:
         logger.info("  %s/v2/models/%s/infer", base, name)
-    logger.info("  %s/v2/health/ready   %s/metrics", base, base)
+    operations = base if args.admin_port is None else f"http://{admin_host}:{args.admin_port}"
+    logger.info("  %s/v2/health/ready   %s/metrics", base, operations)
     limits = ReadLimits(args.header_timeout, args.body_timeout, args.max_header_bytes, args.max_headers)
     protocol = protocol_for(app.state.dataplane, plain=args.transport == "plain", limits=limits)
     config = uvicorn.Config(
@@ -161,7 +169,11 @@ def serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=max(args.drain_timeout, 0.0), limit_concurrency=args.max_connections,
         timeout_keep_alive=args.keep_alive_timeout,
     )  # fmt: skip
-    GatewayServer(config, app.state.dataplane, drain_delay=max(args.drain_delay, 0.0)).run()
+    admin = None
+    if args.admin_port is not None:
+        admin_protocol = protocol_for(app.state.dataplane, plain=args.transport == "plain", limits=limits, direct=False)
+        admin = AdminListener(admin_host, args.admin_port, app.operations, admin_protocol)
+    GatewayServer(config, app.state.dataplane, drain_delay=max(args.drain_delay, 0.0), admin=admin).run()
     return 0
 
 

@@ -15,10 +15,13 @@ import contextlib
 import logging
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Generator
+from dataclasses import dataclass
 from types import FrameType
+from typing import Any
 
 import uvicorn
 from uvicorn.server import HANDLED_SIGNALS
@@ -27,15 +30,56 @@ from gateway.dataplane import DataPlane
 
 logger = logging.getLogger(__name__)
 
+STARTUP_FAILURE = 3  # uvicorn's exit status when it cannot start
 UNREAD_GRACE = 0.5  # seconds a connection accepted just before the listener closed gets to deliver its request
 
 
+@dataclass(frozen=True, slots=True)
+class AdminListener:
+    """A second listener for metrics and admin calls (`--admin-port`): on a port the network can keep from clients,
+    e.g. scraped by Prometheus inside the cluster while only the main port is exposed."""
+
+    host: str
+    port: int
+    app: Any  # an ASGI app: GatewayApp.operations
+    protocol: type[asyncio.Protocol]  # transport.protocol_for(..., direct=False): the read limits, no direct path
+
+
 class GatewayServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, dataplane: DataPlane, *, drain_delay: float) -> None:
+    def __init__(
+        self, config: uvicorn.Config, dataplane: DataPlane, *, drain_delay: float, admin: AdminListener | None = None
+    ) -> None:
         super().__init__(config)
         self._dataplane = dataplane
         self._drain_delay = drain_delay
         self._draining_since: float | None = None
+        self._admin = admin
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        admin = self._admin
+        if admin is None or self.should_exit:
+            return
+        # The same server state (connections, tasks): the drain and shutdown treat both listeners' connections alike.
+        config = uvicorn.Config(
+            admin.app, host=admin.host, port=admin.port, http=admin.protocol, interface="asgi3", lifespan="off",
+            log_config=None, access_log=False, server_header=False, timeout_keep_alive=self.config.timeout_keep_alive,
+        )  # fmt: skip
+        config.load()
+
+        def protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state, _loop=_loop
+            )
+
+        try:
+            server = await asyncio.get_running_loop().create_server(protocol, host=admin.host, port=admin.port)
+        except OSError as exc:
+            logger.error("cannot listen for admin calls on %s:%d: %s", admin.host, admin.port, exc)
+            await self.lifespan.shutdown()
+            sys.exit(STARTUP_FAILURE)
+        self.servers.append(server)
+        logger.info("metrics and admin calls on http://%s:%d (not on the main port)", admin.host, admin.port)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._draining_since is None and not self.should_exit:

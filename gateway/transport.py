@@ -100,6 +100,15 @@ class _Targets:
         return target
 
 
+class _NoTargets(_Targets):
+    """For a listener with no direct path (the admin listener): every request goes uvicorn's way."""
+
+    __slots__ = ()
+
+    def of(self, url: bytes) -> None:
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class ReadLimits:
     """How much a client may send, and how slowly, before the gateway stops listening to it (nginx's
@@ -506,11 +515,12 @@ class StandInTransport:
 
 
 def protocol_for(
-    dataplane: DataPlane, *, plain: bool = False, limits: ReadLimits | None = None
+    dataplane: DataPlane, *, plain: bool = False, limits: ReadLimits | None = None, direct: bool = True
 ) -> type[HttpToolsProtocol]:
     """The protocol class uvicorn instantiates per connection, bound to this data plane: the direct path, or,
     when asked (`plain`) or when this uvicorn lacks an internal it relies on, uvicorn's own protocol, which serves
-    everything through the ASGI app (correct, slower)."""
+    everything through the ASGI app (correct, slower). `direct=False` keeps the read limits but sends every request
+    through the ASGI app (the admin listener: no inference there)."""
     if not plain:
         missing = internals_missing()
         if missing is None:
@@ -519,7 +529,8 @@ def protocol_for(
                 "BoundInferenceProtocol",
                 (InferenceProtocol,),
                 {
-                    "dataplane": dataplane, "head": _Head(), "targets": _Targets(), "sweeper": _Sweeper(limits),
+                    "dataplane": dataplane, "head": _Head(), "targets": _Targets() if direct else _NoTargets(),
+                    "sweeper": _Sweeper(limits),
                     "limits": limits,
                 },
             )  # fmt: skip

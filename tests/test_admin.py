@@ -4,6 +4,7 @@ anyone on loopback, and beyond loopback reads only. Inference, health and metric
 from __future__ import annotations
 
 import logging
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ import httpx
 import models
 import orjson
 import pytest
-from server import gateway
+from server import free_port, gateway
 from starlette.testclient import TestClient
 
 from gateway.admin import AdminGuard, is_loopback, load_token
@@ -132,3 +133,50 @@ def test_serve_refuses_to_start_with_an_empty_token_file(config: Path, tmp_path:
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 2 and "empty" in done.stderr
+
+
+def test_an_admin_port_serves_metrics_and_admin_calls_and_the_main_port_no_longer_does(
+    config: Path, tmp_path: Path
+) -> None:
+    """With --admin-port, /metrics and /admin/* move to their own listener (behind the same guard, with the same read
+    limits) and the main port answers 404 for them; inference stays on the main port only; health is on both."""
+    admin = free_port()
+    token = tmp_path / "token"
+    token.write_bytes(TOKEN)
+    args = ["--config", str(config), "--admin-port", str(admin), "--admin-token-file", str(token),
+            "--header-timeout", "0.5"]  # fmt: skip
+    with gateway(args, tmp_path / "log") as server:
+        side = f"http://127.0.0.1:{admin}"
+        assert httpx.post(f"{server.url}/v2/models/affine/infer", content=BODY).status_code == 200
+        for path in ("/metrics", "/admin/drift", "/admin/rollouts"):
+            moved = httpx.get(server.url + path)
+            assert moved.status_code == 404 and "admin port" in moved.json()["error"], path
+        metrics = httpx.get(f"{side}/metrics")
+        assert metrics.status_code == 200 and "gateway_requests_total{" in metrics.text
+        assert 'model="affine"' in metrics.text  # the main port's request, counted by the one process
+        assert httpx.get(f"{side}/admin/drift").status_code == 401  # the guard holds on the admin port
+        assert (
+            httpx.get(f"{side}/admin/drift", headers={"authorization": f"Bearer {TOKEN.decode()}"}).status_code == 200
+        )
+        assert httpx.get(f"{side}/v2/health/ready").status_code == 200
+        assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
+        refused = httpx.post(f"{side}/v2/models/affine/infer", content=BODY)
+        assert refused.status_code == 404 and "/metrics" in refused.json()["error"]
+        # The read limits hold on the admin port too: a head that never ends gets 408.
+        with socket.create_connection(("127.0.0.1", admin), timeout=10) as sock:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 408 ")
+    assert "metrics and admin calls on http://127.0.0.1:" in server.output()
+
+
+def test_an_admin_port_that_cannot_be_bound_fails_the_start(config: Path, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", "0", "--admin-port",
+             str(port)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert result.returncode == 3 and "cannot listen for admin calls" in result.stderr
