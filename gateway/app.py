@@ -35,16 +35,21 @@ from gateway.drift.monitor import DriftMonitor
 from gateway.drift.sampler import DriftSampler
 from gateway.endpoints import (
     JSON,
+    feedback_reply,
     gateway_error,
     http_error,
     infer,
     infer_target,
     internal_error,
     method_not_allowed,
+    read_body_within,
     refuse,
     v2_routes,
 )
-from gateway.errors import ConfigError, GatewayError, ProtocolError
+from gateway.errors import ConfigError, GatewayError, ProtocolError, UnknownModelError
+from gateway.experiment.collector import ExperimentCollector
+from gateway.experiment.feedback import parse_feedback, route_header_version
+from gateway.experiment.hub import Experiments
 from gateway.loader import VersionLoader
 from gateway.metrics import Metrics
 from gateway.monitoring import DriftRegistry
@@ -188,7 +193,10 @@ def create_app(
         random=random.Random(rng.random()).random,
     )
     registry.register(RolloutCollector(rollouts))
-    publisher = Publisher(metrics, shadows)
+    quality_webhook = Webhook(http)
+    experiments = Experiments(quality_webhook, clock=clock)
+    registry.register(ExperimentCollector(experiments))
+    publisher = Publisher(metrics, shadows, experiments)
     publisher.planner = rollouts
     reloader = Reloader(
         loader,
@@ -226,6 +234,22 @@ def create_app(
 
     async def rollout_endpoint(request: Request) -> Response:
         return JSON(rollouts.status_of(rollouts.controller(request.path_params["route"])))
+
+    async def feedback_endpoint(request: Request) -> Response:
+        route = request.path_params["model"]
+        if route not in dataplane.snapshot.table.routes:
+            raise UnknownModelError(f"unknown model '{route}'")
+        body = await read_body_within(request, dataplane.snapshot.max_body_bytes)
+        version = route_header_version(request.headers.get("x-gateway-route"))
+        try:
+            items, batch = parse_feedback(body, header_version=version)
+        except ProtocolError:
+            experiments.count_malformed(route)
+            raise
+        return feedback_reply(experiments.judge(route, items), batch)
+
+    async def experiments_endpoint(request: Request) -> Response:
+        return JSON(experiments.report())
 
     async def rollout_action_endpoint(request: Request) -> Response:
         action = request.path_params["action"]
@@ -274,7 +298,9 @@ def create_app(
     app = Starlette(
         routes=[
             *v2_routes(),
+            Route("/v2/models/{model}/feedback", feedback_endpoint, methods=["POST"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
+            Route("/admin/experiments", experiments_endpoint, methods=["GET"]),
             Route("/admin/reload", reload_endpoint, methods=["POST"]),
             Route("/admin/drift", drift_endpoint, methods=["GET"]),
             Route("/admin/rollouts", rollouts_endpoint, methods=["GET"]),

@@ -99,6 +99,8 @@ class RouteConfig:
     drift: Mapping[str, Any] | None = None  # loosely validated; the drift module owns its fields
     shadow: Mapping[str, Any] | None = None  # loosely validated; owned by gateway.shadow
     rollout: Mapping[str, Any] | None = None  # loosely validated; owned by gateway.rollout
+    experiment: Mapping[str, Any] | None = None  # loosely validated; owned by gateway.experiment
+    feedback: Mapping[str, Any] | None = None  # likewise
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,7 +310,7 @@ def _loose_mapping(value: object, path: str, faults: _Faults) -> Mapping[str, An
 
 _TOP_KEYS = ("model_repository", "server", "routes", "prediction_log", "drift_webhook")
 _SERVER_KEYS = ("max_body_bytes",)
-_ROUTE_KEYS = ("model", "versions", "split", "batching", "drift", "shadow", "rollout")
+_ROUTE_KEYS = ("model", "versions", "split", "batching", "drift", "shadow", "rollout", "experiment", "feedback")
 _VERSION_KEYS = ("version",)
 _SPLIT_KEYS = ("weights", "baseline", "sticky", "overrides")
 _STICKY_KEYS = ("key", "salt", "on_missing")
@@ -388,11 +390,13 @@ def _parse_route(name: str, value: object, path: str, faults: _Faults) -> RouteC
     drift = _loose_mapping(data.get("drift"), f"{path}.drift", faults)
     shadow = _loose_mapping(data.get("shadow"), f"{path}.shadow", faults)
     rollout = _loose_mapping(data.get("rollout"), f"{path}.rollout", faults)
+    experiment = _loose_mapping(data.get("experiment"), f"{path}.experiment", faults)
+    feedback = _loose_mapping(data.get("feedback"), f"{path}.feedback", faults)
     if len(faults.items) > before or model is None or versions is None or split is None:
         return None
     return RouteConfig(
         name=name, model=model, versions=versions, split=split, batching=batching, drift=drift, shadow=shadow,
-        rollout=rollout,
+        rollout=rollout, experiment=experiment, feedback=feedback,
     )  # fmt: skip
 
 

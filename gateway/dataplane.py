@@ -22,6 +22,7 @@ from gateway.errors import (
     UnknownModelError,
     UnsupportedError,
 )
+from gateway.experiment.ledger import LedgerLane
 from gateway.fastlane import FastLane
 from gateway.inference import InferenceResponse, Tensor
 from gateway.metrics import Metrics, VersionMetrics
@@ -72,12 +73,14 @@ class Served:
 @dataclass(frozen=True, slots=True)
 class DecisionRecord:
     """A routing outcome's counter child, the response header value that reports it, and the side channels that
-    watch requests so decided: a shadow lane (copies to another version) and a rollout's tap, each None when off."""
+    watch requests so decided: a shadow lane (copies to another version), a rollout's tap and the route's ledger of
+    decisions for feedback (gateway.experiment), each None when off."""
 
     counter: Count
     header: bytes
     shadow: ShadowLane | None = None
     tap: Tap | None = None
+    ledger: LedgerLane | None = None
 
     @classmethod
     def of(
@@ -90,8 +93,10 @@ class DecisionRecord:
         *,
         shadow: ShadowLane | None = None,
         tap: Tap | None = None,
+        ledger: LedgerLane | None = None,
     ) -> DecisionRecord:
-        return cls(counter, f"{route}/{name};version={version};reason={reason}".encode("latin-1"), shadow, tap)
+        header = f"{route}/{name};version={version};reason={reason}".encode("latin-1")
+        return cls(counter, header, shadow, tap, ledger)
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +245,9 @@ class DataPlane:
             tap = record.tap
             if tap is not None:
                 tap.offer(elapsed, produced)
+            ledger = record.ledger
+            if ledger is not None:
+                ledger.offer(request_id, produced)
             if predlog is not None and request is not None:
                 predlog.offer(
                     request_id=request_id, model=name, version=served.label, reason=decision.reason,

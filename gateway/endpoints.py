@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -28,6 +28,7 @@ from gateway.errors import (
     UnknownModelError,
     UnsupportedError,
 )
+from gateway.experiment.hub import Judged
 from gateway.protocol import encode_error
 
 logger = logging.getLogger(__name__)
@@ -199,6 +200,11 @@ async def method_not_allowed(send: Send, allow: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+async def read_body_within(request: Request, limit: int) -> bytes:
+    """A Starlette request's body, refused (413) past `limit` bytes before more than that is read."""
+    return await _read_body(request.scope, request.receive, limit)
+
+
 async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     for name, value in scope["headers"]:
         if name == b"content-length" and value.isdigit() and int(value) > limit:
@@ -253,3 +259,24 @@ def v2_routes() -> list[BaseRoute]:
         Route("/v2/models/{model}/ready", model_ready, methods=["GET"]),
         Route("/v2/models/{model}/versions/{version}/ready", model_ready, methods=["GET"]),
     ]
+
+
+_FEEDBACK_STATUS = {"accepted": 200, "duplicate": 409, "unknown": 404, "expired": 404, "rejected": 400}
+
+
+def feedback_reply(judged: Sequence[Judged], batch: bool) -> JSON:
+    """One feedback: its own status (200, 409 duplicate, 404 unknown or expired, 400 when it cannot be scored) and
+    error. A list: 200 with the count per outcome and, for each item not accepted, its index, id and why."""
+    if not batch:
+        item = judged[0]
+        status = _FEEDBACK_STATUS[item.outcome]
+        if status == 200:
+            return JSON({"id": item.id, "version": item.version, "outcome": item.outcome})
+        return JSON({"error": item.error, "id": item.id, "outcome": item.outcome}, status_code=status)
+    counts = {outcome: 0 for outcome in _FEEDBACK_STATUS}
+    problems = []
+    for index, item in enumerate(judged):
+        counts[item.outcome] += 1
+        if item.outcome != "accepted":
+            problems.append({"index": index, "id": item.id, "outcome": item.outcome, "error": item.error})
+    return JSON({"outcomes": counts, "problems": problems})

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from gateway.config import GatewayConfig
 from gateway.drift.settings import DriftSettings, parse_drift_settings
 from gateway.errors import ConfigError
+from gateway.experiment.settings import RouteExperiment, parse_experiment_settings
 from gateway.loader import Key, Loaded
 from gateway.paths import check_contained
 from gateway.rollout.settings import RolloutSettings, parse_rollout_settings
@@ -28,6 +29,7 @@ class Features:
     drift: Mapping[str, DriftSettings]
     shadow: Mapping[str, ShadowSettings | None]
     rollout: Mapping[str, RolloutSettings | None]
+    experiment: Mapping[str, RouteExperiment | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,7 @@ def parse_features(config: GatewayConfig) -> Features:
     drift: dict[str, DriftSettings] = {}
     shadow: dict[str, ShadowSettings | None] = {}
     rollout: dict[str, RolloutSettings | None] = {}
+    experiment: dict[str, RouteExperiment | None] = {}
     batching: dict[tuple[str, int], tuple[str, object]] = {}
     for name, route in config.routes.items():
         for spec in route.versions.values():
@@ -86,6 +89,10 @@ def parse_features(config: GatewayConfig) -> Features:
                 route.shadow, f"{path}.shadow", versions=versions, baseline=baseline,
                 candidate=None if candidate is None else candidate.candidate,
             )  # fmt: skip
+            experiment[name] = parse_experiment_settings(
+                route.experiment, route.feedback, path, versions=versions, baseline=baseline,
+                weights=route.split.weights,
+            )  # fmt: skip
         except ConfigError as exc:
             raise ConfigError(f"{config.source}: {exc}") from exc
-    return Features(drift, shadow, rollout)
+    return Features(drift, shadow, rollout, experiment)

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from gateway.dataplane import DecisionRecord, Served, Snapshot
+from gateway.experiment.hub import Experiments
 from gateway.generation import Generation
 from gateway.metrics import Metrics
 from gateway.plan import RoutePlan, config_plan, effective_config
@@ -35,9 +36,12 @@ class Planner(Protocol):
 
 
 class Publisher:
-    def __init__(self, metrics: Metrics, shadows: ShadowHub | None = None) -> None:
+    def __init__(
+        self, metrics: Metrics, shadows: ShadowHub | None = None, experiments: Experiments | None = None
+    ) -> None:
         self._metrics = metrics
         self._shadows = shadows
+        self._experiments = experiments
         self.planner: Planner | None = None
         self._published: set[tuple[str, str]] = set()  # (route, version) weight series exported
         self._warned: set[tuple[str, str]] = set()
@@ -56,16 +60,20 @@ class Publisher:
         table = RoutingTable.from_config(config)
         served = {key: loaded.served for key, loaded in generation.loaded.items()}
         decisions: dict[tuple[str, str, str], DecisionRecord] = {}
+        experiments = self._experiments
+        if experiments is not None:
+            experiments.configure(generation.features.experiment)
         for name, route in table.routes.items():
             plan = plans[name]
             lane = self._lane(generation, name, route, plan, served)
             for target in route.targets:
                 shadow = lane if lane is not None and target.name != lane.version else None
                 tap = plan.taps.get(target.name)
+                ledger = experiments.lane(name, target.name) if experiments is not None else None
                 for reason in REASONS:
                     counter = self._metrics.route_requests.labels(name, target.name, reason)
                     decisions[(name, target.name, reason)] = DecisionRecord.of(
-                        counter, name, target.name, target.version, reason, shadow=shadow, tap=tap
+                        counter, name, target.name, target.version, reason, shadow=shadow, tap=tap, ledger=ledger
                     )
         if self._shadows is not None:
             # A shadow's series stay while its route still has the version (a finished rollout's final counts are

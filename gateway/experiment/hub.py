@@ -1,0 +1,286 @@
+"""Every route's experiment state: its ledger of decisions, each version's quality, the sequential test between the
+arms, and the quality alerts. Feedback is judged here, on the event loop (never on the request path); the request
+path only offers decisions to a route's ledger through the lanes handed to the snapshot builder."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from time import monotonic
+from typing import Any
+
+import numpy as np
+
+from gateway.errors import ProtocolError
+from gateway.experiment.feedback import Feedback
+from gateway.experiment.ledger import Ledger, LedgerLane, Outputs
+from gateway.experiment.quality import Quality, metric_values
+from gateway.experiment.scoring import Scores, predictions, score_labels, score_values
+from gateway.experiment.sequential import SequentialTest
+from gateway.experiment.settings import RouteExperiment
+from gateway.webhook import Webhook
+
+logger = logging.getLogger(__name__)
+
+OUTCOMES = ("accepted", "duplicate", "unknown", "expired", "rejected")
+
+
+@dataclass(frozen=True, slots=True)
+class Judged:
+    """What became of one feedback item."""
+
+    outcome: str  # one of OUTCOMES
+    id: str | None
+    version: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class _Route:
+    settings: RouteExperiment
+    ledger: Ledger
+    quality: dict[str, Quality] = field(default_factory=dict)
+    test: SequentialTest = field(default_factory=SequentialTest)
+    alerts: dict[str, bool] = field(default_factory=dict)  # version -> firing
+    outcomes: Counter[str] = field(default_factory=Counter)
+    looks: int = 0
+
+    def quality_of(self, version: str) -> Quality:
+        quality = self.quality.get(version)
+        if quality is None:
+            window = self.settings.experiment.window if self.settings.experiment is not None else 1000
+            quality = self.quality[version] = Quality(window)
+        return quality
+
+
+class Experiments:
+    def __init__(self, webhook: Webhook | None = None, *, clock: Callable[[], float] = monotonic) -> None:
+        self._webhook = webhook
+        self._clock = clock
+        self._routes: dict[str, _Route] = {}
+
+    def configure(self, settings: Mapping[str, RouteExperiment | None]) -> None:
+        """Follow a new config: a route keeps its ledger while its feedback settings stand, and its quality and test
+        while its experiment does; a changed experiment starts over (its arms or metric no longer compare)."""
+        routes: dict[str, _Route] = {}
+        for name, wanted in settings.items():
+            if wanted is None:
+                continue
+            current = self._routes.get(name)
+            if current is None or current.settings.feedback != wanted.feedback:
+                ledger = Ledger(wanted.feedback.max_records, wanted.feedback.ttl, clock=self._clock)
+            else:
+                ledger = current.ledger
+            if current is not None and current.settings.experiment == wanted.experiment:
+                current.settings, current.ledger = wanted, ledger
+                routes[name] = current
+            else:
+                routes[name] = _Route(wanted, ledger, test=self._fresh_test(wanted))
+        self._routes = routes
+
+    @staticmethod
+    def _fresh_test(settings: RouteExperiment) -> SequentialTest:
+        experiment = settings.experiment
+        if experiment is None:
+            return SequentialTest()
+        return SequentialTest(alpha=experiment.alpha, tau=experiment.tau)
+
+    def lane(self, route: str, version: str) -> LedgerLane | None:
+        state = self._routes.get(route)
+        return None if state is None else state.ledger.lane(version)
+
+    def has(self, route: str) -> bool:
+        return route in self._routes
+
+    @property
+    def routes(self) -> Mapping[str, Any]:
+        return self._routes
+
+    # Feedback ------------------------------------------------------------------------------------------------------
+
+    def count_malformed(self, route: str) -> None:
+        state = self._routes.get(route)
+        if state is not None:
+            state.outcomes["malformed"] += 1
+
+    def judge(self, route: str, items: Sequence[Feedback]) -> list[Judged]:
+        """Score each item against the decision it names and fold it into its version's quality; then one look of
+        the route's test and its alerts."""
+        state = self._routes.get(route)
+        if state is None:
+            raise ProtocolError(f"model '{route}' takes no feedback: its route declares no feedback or experiment")
+        judged = [self._one(state, item) for item in items]
+        for result in judged:
+            state.outcomes[result.outcome] += 1
+        if any(result.outcome == "accepted" for result in judged):
+            self._look(route, state)
+        return judged
+
+    def _one(self, state: _Route, item: Feedback) -> Judged:
+        outputs: Outputs | None = None
+        version = item.version
+        if item.id is not None:
+            found, arm, outputs = state.ledger.find(item.id)
+            if found == "found":
+                version = arm
+            elif found == "duplicate":
+                return Judged("duplicate", item.id, arm, f"request '{item.id}' was already judged; counted once")
+            elif item.version is None or (item.kind != "reward" and item.prediction is None):
+                why = "has expired" if found == "expired" else "was never served here (or not with an id)"
+                ttl = f"{state.ledger.ttl:g} s"
+                return Judged(found, item.id, arm, f"request '{item.id}' {why}; decisions are kept for {ttl}")
+        assert version is not None  # parse_feedback: no id means a version was given
+        try:
+            self._score(state, version, item, outputs)
+        except ProtocolError as exc:
+            return Judged("rejected", item.id, version, str(exc))
+        if outputs is not None and item.id is not None:
+            state.ledger.settle(item.id)
+        return Judged("accepted", item.id, version)
+
+    def _score(self, state: _Route, version: str, item: Feedback, outputs: Outputs | None) -> None:
+        quality = state.quality_of(version)
+        if item.kind == "reward":
+            for metric, value in metric_values("reward", reward=item.truth[0]):
+                quality.add(metric, value)
+            return
+        if item.prediction is not None and outputs is None:
+            predicted = np.asarray(item.prediction)
+        else:
+            assert outputs is not None
+            experiment = state.settings.experiment
+            predicted = predictions(outputs, experiment.output if experiment is not None else None)
+        scores: Scores
+        if item.kind == "label":
+            scores = score_labels(predicted, item.truth)
+            for correct, label in zip(scores.correct, scores.classes, strict=True):
+                quality.add("accuracy", correct)
+                quality.add_class(label, correct)
+        else:
+            scores = score_values(predicted, item.truth)
+            for error in scores.errors:
+                for metric, value in metric_values("value", error=error):
+                    quality.add(metric, value)
+
+    def _look(self, route: str, state: _Route) -> None:
+        experiment = state.settings.experiment
+        if experiment is None:
+            return
+        metric = "rmse" if experiment.metric == "rmse" else experiment.metric
+        control, candidate = (state.quality_of(arm).cumulative.get(metric) for arm in experiment.arms[:2])
+        if (
+            control is not None and candidate is not None
+            and min(control.n, candidate.n) >= experiment.min_samples
+        ):  # fmt: skip
+            state.test = state.test.update(control, candidate)
+            state.looks += 1
+        if experiment.alert is not None:
+            self._alerts(route, state)
+
+    def _alerts(self, route: str, state: _Route) -> None:
+        experiment = state.settings.experiment
+        assert experiment is not None and experiment.alert is not None
+        bound = experiment.alert.bound
+        for version, quality in state.quality.items():
+            if quality.samples(experiment.metric, windowed=True) < experiment.min_samples:
+                continue
+            value = quality.value(experiment.metric, windowed=True)
+            if value is None:
+                continue
+            bad = value < bound if experiment.higher_is_better else value > bound
+            previous = state.alerts.get(version, False)
+            state.alerts[version] = bad  # every judged version has a state (the metric shows 0 as well as 1)
+            if bad == previous:
+                continue
+            word = "below its floor" if experiment.higher_is_better else "above its ceiling"
+            if bad:
+                logger.warning(
+                    "%s %s: windowed %s %.4g is %s %g", route, version, experiment.metric, value, word, bound
+                )
+            else:
+                logger.info(
+                    "%s %s: windowed %s %.4g is back within %g", route, version, experiment.metric, value, bound
+                )
+            if self._webhook is not None and experiment.alert.webhook_url is not None:
+                self._webhook.notify(experiment.alert.webhook_url, {
+                    "kind": "quality", "state": "firing" if bad else "resolved", "model": route, "version": version,
+                    "metric": experiment.metric, "window": quality.window, "value": value, "bound": bound,
+                })  # fmt: skip
+
+    # Reading -------------------------------------------------------------------------------------------------------
+
+    def verdict(self, route: str) -> tuple[bool | None, str]:
+        """The rollout gate: whether the candidate (second arm) is not worse than the control by more than the
+        margin: True, False, or None while the test has not decided; and a line saying why."""
+        state = self._routes.get(route)
+        if state is None or state.settings.experiment is None:
+            return None, "no experiment on this route"
+        experiment = state.settings.experiment
+        verdict = state.test.not_worse_by(experiment.margin, higher_is_better=experiment.higher_is_better)
+        interval = f"[{state.test.low:.4g}, {state.test.high:.4g}]"
+        return verdict, (
+            f"{experiment.metric} difference {experiment.arms[1]} - {experiment.arms[0]} in {interval}"
+            f" (always valid, alpha {experiment.alpha:g}; margin {experiment.margin:g}; {state.looks} looks)"
+        )
+
+    def report(self) -> dict[str, Any]:
+        return {name: self._report(state) for name, state in sorted(self._routes.items())}
+
+    def _report(self, state: _Route) -> dict[str, Any]:
+        ledger = state.ledger
+        out: dict[str, Any] = {
+            "feedback": {outcome: state.outcomes.get(outcome, 0) for outcome in OUTCOMES},
+            "record": {
+                "held": len(ledger),
+                "capacity": ledger.capacity,
+                "ttl_seconds": ledger.ttl,
+                "recorded": ledger.recorded,
+                "evicted": ledger.evicted,
+                "expired": ledger.expired,
+            },  # fmt: skip
+            "versions": {version: _quality_report(q) for version, q in sorted(state.quality.items())},
+        }
+        experiment = state.settings.experiment
+        if experiment is None:
+            return out
+        test = state.test
+        arms = []
+        for arm in experiment.arms:
+            quality = state.quality.get(arm)
+            cumulative = quality.cumulative.get(experiment.metric) if quality is not None else None
+            n = cumulative.n if cumulative is not None else 0
+            mean = cumulative.mean if cumulative is not None else None
+            half = 1.96 * math.sqrt(cumulative.variance / n) if cumulative is not None and n > 1 else None
+            arms.append({
+                "version": arm, "n": n, "mean": mean,
+                "interval_95": None if half is None or mean is None else [mean - half, mean + half],
+            })  # fmt: skip
+        out["experiment"] = {
+            "metric": experiment.metric, "higher_is_better": experiment.higher_is_better, "alpha": experiment.alpha,
+            "min_samples": experiment.min_samples, "margin": experiment.margin, "control": experiment.arms[0],
+            "candidate": experiment.arms[1], "arms": arms, "looks": state.looks,
+            "difference": None if math.isnan(test.estimate) else test.estimate,
+            "interval": None if not math.isfinite(test.low) else [test.low, test.high],
+            "p_value": test.p_value,
+            "decision": test.decision(higher_is_better=experiment.higher_is_better),
+            "not_worse_by_margin": test.not_worse_by(experiment.margin, higher_is_better=experiment.higher_is_better),
+            "alerts": {version: firing for version, firing in sorted(state.alerts.items())},
+        }  # fmt: skip
+        return out
+
+
+def _quality_report(quality: Quality) -> dict[str, Any]:
+    metrics: dict[str, Any] = {}
+    for metric in quality.cumulative:
+        metrics[metric] = {
+            "n": quality.samples(metric), "cumulative": quality.value(metric),
+            "window": quality.value(metric, windowed=True), "window_n": quality.samples(metric, windowed=True),
+        }  # fmt: skip
+    if quality.per_class:
+        metrics["accuracy_per_class"] = {
+            label: {"n": n, "accuracy": right / n} for label, (n, right) in sorted(quality.per_class.items())
+        }
+    return metrics

@@ -1,0 +1,119 @@
+"""Feedback bodies, the decision ledger (bound, time limit, duplicates) and scoring, without HTTP."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gateway.errors import ConfigError, ProtocolError
+from gateway.experiment.feedback import parse_feedback, route_header_version
+from gateway.experiment.ledger import Ledger
+from gateway.experiment.scoring import predictions, score_labels, score_values
+from gateway.experiment.settings import parse_experiment_settings
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_ledger_stays_within_its_bound_under_a_million_requests_and_counts_what_falls_out() -> None:
+    clock = Clock()
+    ledger = Ledger(1_000, ttl=60.0, clock=clock)
+    lane = ledger.lane("canary")
+    outputs = {"Y": np.zeros((1, 2), np.float32)}
+    peak = 0
+    for i in range(1_000_000):
+        lane.offer(str(i), outputs)
+        if i % 50_000 == 0:
+            clock.now += 1.0
+            peak = max(peak, len(ledger))
+    assert len(ledger) == 1_000 and peak <= 1_000
+    assert ledger.recorded == 1_000_000 and ledger.evicted + ledger.expired == 999_000
+    lane.offer(None, outputs)  # no id: nothing to join feedback to, nothing kept
+    assert ledger.recorded == 1_000_000
+    assert ledger.find("999999")[0] == "found" and ledger.find("0")[0] == "unknown"
+
+
+def test_a_decision_is_judged_once_and_expires_after_its_ttl() -> None:
+    clock = Clock()
+    ledger = Ledger(10, ttl=60.0, clock=clock)
+    ledger.lane("stable").offer("a", {"Y": np.ones(1)})
+    ledger.lane("stable").offer("b", {"Y": np.ones(1)})
+    found, arm, outputs = ledger.find("a")
+    assert (found, arm) == ("found", "stable") and outputs is not None
+    assert ledger.find("a")[0] == "found"  # found is not judged: a feedback that cannot be scored may come again
+    ledger.settle("a")
+    assert ledger.find("a")[0] == "duplicate"
+    clock.now += 61.0
+    assert ledger.find("b")[:2] == ("expired", "stable") and ledger.expired == 1
+    assert ledger.find("b")[0] == "unknown"  # an expired decision is gone
+
+
+def test_feedback_bodies() -> None:
+    items, batch = parse_feedback(b'{"id": "r1", "label": 3}')
+    assert not batch and items[0].kind == "label" and items[0].truth == (3,)
+    items, batch = parse_feedback(b'[{"id": "r1", "value": [1.5, 2]}, {"id": "r2", "reward": 1}]')
+    assert batch and items[0].truth == (1.5, 2) and items[1].truth == (1.0,)
+    stateless = parse_feedback(b'{"id": "r9", "reward": 0}', header_version="canary")[0][0]
+    assert stateless.version == "canary"
+    for body, fault in [
+        (b"not json", "not valid JSON"),
+        (b"[]", "empty"),
+        (b'{"id": "r1"}', "exactly one of label, value or reward"),
+        (b'{"id": "r1", "label": 1, "reward": 1}', "exactly one"),
+        (b'{"id": 5, "label": 1}', "feedback.id: must be a non-empty string"),
+        (b'{"id": "r1", "value": "high"}', "finite numbers"),
+        (b'{"id": "r1", "reward": NaN}', "not valid JSON"),
+        (b'{"id": "r1", "label": 1, "colour": 2}', "feedback.colour: unknown field"),
+        (b'[{"id": "r1", "label": 1}, 7]', r"feedback\[1\]: must be an object"),
+        (b'{"label": 1}', "feedback.id: is required"),
+        (b'{"version": "canary", "label": 1}', "needs the prediction it judges"),
+    ]:
+        with pytest.raises(ProtocolError, match=fault):
+            parse_feedback(body)
+    assert route_header_version("fraud/canary;version=2;reason=weighted") == "canary"
+    assert route_header_version("garbage") is None and route_header_version(None) is None
+
+
+def test_scoring_reads_classes_and_values() -> None:
+    scores = {"probabilities": np.array([[0.1, 0.9], [0.8, 0.2]], np.float32)}
+    predicted = predictions(scores, None)
+    assert predicted.tolist() == [1, 0]
+    assert score_labels(predicted, [1, 1]).correct == (1.0, 0.0)
+    labels = {"label": np.array([b"cat"], dtype=object)}
+    assert score_labels(predictions(labels, None), ["cat"]).correct == (1.0,)
+    values = predictions({"Y": np.array([[2.5]], np.float32)}, None)
+    assert score_values(values, [2.0]).errors == (0.5,)
+    with pytest.raises(ProtocolError, match="2 labels for a prediction of 1 rows"):
+        score_labels(values, [1, 2])
+    with pytest.raises(ProtocolError, match="no output 'nope'"):
+        predictions(scores, "nope")
+
+
+def test_settings() -> None:
+    versions, weights = ("stable", "canary", "dark"), {"stable": 90.0, "canary": 10.0, "dark": 0.0}
+    parsed = parse_experiment_settings(
+        {"metric": "mae", "alert": {"ceiling": 0.5}}, {"ttl": "10m"}, "routes.r", versions=versions,
+        baseline="stable", weights=weights,
+    )  # fmt: skip
+    assert parsed is not None and parsed.experiment is not None
+    assert parsed.experiment.arms == ("stable", "canary") and parsed.feedback.ttl == 600.0
+    assert not parsed.experiment.higher_is_better and parsed.experiment.alert is not None
+    nothing = parse_experiment_settings(None, None, "routes.r", versions=versions, baseline="stable", weights=weights)
+    assert nothing is None
+    cases: list[tuple[dict[str, object], str]] = [
+        ({"arms": ["stable", "nope"]}, "routes.r.experiment.arms: 'nope' is not a version"),
+        ({"metric": "auc"}, "routes.r.experiment.metric: must be one of"),
+        ({"metric": "accuracy", "alert": {"ceiling": 0.1}}, "alert.ceiling: accuracy is a score; use floor"),
+        ({"alpha": 0}, "routes.r.experiment.alpha: must be in"),
+        ({"colour": 1}, "routes.r.experiment.colour: unknown key"),
+    ]
+    for experiment, fault in cases:
+        with pytest.raises(ConfigError, match=fault):
+            parse_experiment_settings(
+                experiment, None, "routes.r", versions=versions, baseline="stable", weights=weights
+            )
