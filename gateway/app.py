@@ -184,8 +184,12 @@ def create_app(
     monitor = DriftMonitor(sampler, registry, webhook=webhook)
     drift = DriftRegistry(monitor)
     shadows = ShadowHub(registry, sampler, random=random.Random(rng.random()).random)
+    quality_webhook = Webhook(http)
+    experiments = Experiments(quality_webhook, clock=clock)
+    registry.register(ExperimentCollector(experiments))
     rollout_webhook = Webhook(http)
     rollouts = RolloutManager(
+        experiments=experiments,
         validator=validate_job,
         clock=clock,
         monitor=monitor,
@@ -193,9 +197,6 @@ def create_app(
         random=random.Random(rng.random()).random,
     )
     registry.register(RolloutCollector(rollouts))
-    quality_webhook = Webhook(http)
-    experiments = Experiments(quality_webhook, clock=clock)
-    registry.register(ExperimentCollector(experiments))
     publisher = Publisher(metrics, shadows, experiments)
     publisher.planner = rollouts
     reloader = Reloader(

@@ -91,7 +91,7 @@ def parse_features(config: GatewayConfig) -> Features:
             )  # fmt: skip
             experiment[name] = parse_experiment_settings(
                 route.experiment, route.feedback, path, versions=versions, baseline=baseline,
-                weights=route.split.weights,
+                weights=route.split.weights, candidate=None if candidate is None else candidate.candidate,
             )  # fmt: skip
         except ConfigError as exc:
             raise ConfigError(f"{config.source}: {exc}") from exc

@@ -26,6 +26,7 @@ from gateway.drift.monitor import DriftMonitor
 from gateway.drift.profile import Profile
 from gateway.drift.settings import DriftSettings
 from gateway.errors import UnknownModelError
+from gateway.experiment.hub import Experiments
 from gateway.generation import Generation
 from gateway.plan import RoutePlan, config_plan
 from gateway.prediction import PredictionError, PredictionReader, reader_for
@@ -36,7 +37,7 @@ from gateway.rollout.controller import (
     fresh_state,
     traffic_of,
 )
-from gateway.rollout.observations import LocalRecorder, Recorder, Side
+from gateway.rollout.observations import FeedbackVerdict, LocalRecorder, Recorder, Side
 from gateway.rollout.settings import RolloutSettings, Validation
 from gateway.rollout.state import Identity, Phase, RolloutState, load_state, save_state
 from gateway.rollout.timing import child_timer
@@ -182,7 +183,9 @@ class RolloutManager:
         monitor: DriftMonitor | None = None,
         webhook: Webhook | None = None,
         random: Callable[[], float],
+        experiments: Experiments | None = None,
     ) -> None:
+        self._experiments = experiments
         self._validator = validator
         self._clock = clock
         self._monitor = monitor
@@ -354,9 +357,20 @@ class RolloutManager:
                 baseline_rate=max(base_rate, SHADOW_STEP_BASELINE_RATE),
                 monitor=self._monitor,
                 random=self._random,
+                feedback=self._feedback_verdict(name, route.split.baseline, controller.settings.candidate),
             )
 
         return make
+
+    def _feedback_verdict(self, route: str, baseline: str, candidate: str) -> Callable[[], FeedbackVerdict] | None:
+        experiments = self._experiments
+        if experiments is None:
+            return None
+
+        def read() -> FeedbackVerdict:
+            return FeedbackVerdict(*experiments.verdict(route, baseline, candidate))
+
+        return read
 
     @staticmethod
     def _served(generation: Generation, route: RouteConfig, name: str) -> Served | None:

@@ -3,6 +3,7 @@ verdict and the prediction shift; each fails only on evidence, passes only on ev
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,7 @@ import numpy.typing as npt
 import pytest
 
 from gateway.rollout.gates import GateResult, evaluate
-from gateway.rollout.observations import Arm, DriftVerdict, ShadowArm, StepObservations
+from gateway.rollout.observations import Arm, DriftVerdict, FeedbackVerdict, ShadowArm, StepObservations
 from gateway.rollout.settings import Gates, Step
 from gateway.rollout.statistics import latency_counts
 
@@ -43,6 +44,10 @@ def gate(name: str, gates: Gates, step: Step, observations: StepObservations) ->
     return next(r for r in evaluate(gates, step, observations) if r.name == name)
 
 
+def gate_at(name: str, gates: Gates, observations: StepObservations, look: int) -> GateResult:
+    return next(r for r in evaluate(gates, LIVE, observations, look=look) if r.name == name)
+
+
 def test_every_gate_is_reported_in_a_fixed_order() -> None:
     names = [r.name for r in evaluate(Gates(), LIVE, observe())]
     assert names == [
@@ -52,7 +57,26 @@ def test_every_gate_is_reported_in_a_fixed_order() -> None:
         "shadow_agreement",
         "drift",
         "prediction_shift",
+        "feedback",
     ]
+
+
+@pytest.mark.parametrize(
+    ("verdict", "step", "gates", "expected"),
+    [
+        (FeedbackVerdict(), LIVE, Gates(), "skipped"),  # no experiment compares these two
+        (FeedbackVerdict(True, None, "waiting"), LIVE, Gates(), "inconclusive"),  # the step holds
+        (FeedbackVerdict(True, True, "not worse"), LIVE, Gates(), "pass"),
+        (FeedbackVerdict(True, False, "worse"), LIVE, Gates(), "fail"),
+        (FeedbackVerdict(True, False, "worse"), LIVE, Gates(block_on_feedback=False), "skipped"),
+        (FeedbackVerdict(True, False, "worse"), Step(shadow=100.0), Gates(), "skipped"),  # nothing served to judge
+    ],
+)
+def test_the_feedback_gate_follows_the_experiment(
+    verdict: FeedbackVerdict, step: Step, gates: Gates, expected: str
+) -> None:
+    observations = dataclasses.replace(observe(), feedback=verdict)
+    assert gate("feedback", gates, step, observations).verdict == expected
 
 
 @pytest.mark.parametrize(
@@ -190,7 +214,7 @@ def test_the_prediction_shift_spends_its_alpha_over_the_looks() -> None:
     # not at the hundredth, where the same evidence is one of many chances.
     moved = observe(candidate=Arm(predictions=labels(400, 0.45, 5)), baseline=Arm(predictions=labels(400, 0.63, 6)))
     gates = Gates(max_prediction_shift_js=0.1, alpha=0.01)
-    first = evaluate(gates, LIVE, moved, look=1)[-1]
-    late = evaluate(gates, LIVE, moved, look=100)[-1]
+    first = gate_at("prediction_shift", gates, moved, 1)
+    late = gate_at("prediction_shift", gates, moved, 100)
     assert first.verdict == "fail", first.detail
     assert late.verdict == "inconclusive", late.detail

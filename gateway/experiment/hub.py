@@ -212,18 +212,25 @@ class Experiments:
 
     # Reading -------------------------------------------------------------------------------------------------------
 
-    def verdict(self, route: str) -> tuple[bool | None, str]:
-        """The rollout gate: whether the candidate (second arm) is not worse than the control by more than the
-        margin: True, False, or None while the test has not decided; and a line saying why."""
+    def verdict(self, route: str, baseline: str, candidate: str) -> tuple[bool, bool | None, str]:
+        """The rollout gate: whether the route's experiment compares exactly `baseline` (its control) and
+        `candidate`; whether the candidate is not worse than the control by more than the margin (True, False, or
+        None while the test has not decided); and a line saying why."""
         state = self._routes.get(route)
-        if state is None or state.settings.experiment is None:
-            return None, "no experiment on this route"
-        experiment = state.settings.experiment
+        experiment = None if state is None else state.settings.experiment
+        if state is None or experiment is None or experiment.arms[:2] != (baseline, candidate):
+            return False, None, "no experiment on this route compares candidate and baseline"
         verdict = state.test.not_worse_by(experiment.margin, higher_is_better=experiment.higher_is_better)
         interval = f"[{state.test.low:.4g}, {state.test.high:.4g}]"
-        return verdict, (
-            f"{experiment.metric} difference {experiment.arms[1]} - {experiment.arms[0]} in {interval}"
-            f" (always valid, alpha {experiment.alpha:g}; margin {experiment.margin:g}; {state.looks} looks)"
+        if state.looks == 0:
+            interval = f"not tested yet: {experiment.min_samples} judged predictions per arm needed"
+        return (
+            True,
+            verdict,
+            (
+                f"{experiment.metric} difference {experiment.arms[1]} - {experiment.arms[0]} in {interval}"
+                f" (always valid, alpha {experiment.alpha:g}; margin {experiment.margin:g}; {state.looks} looks)"
+            ),
         )
 
     def report(self) -> dict[str, Any]:

@@ -80,8 +80,10 @@ def parse_experiment_settings(
     versions: Sequence[str],
     baseline: str,
     weights: Mapping[str, float],
+    candidate: str | None = None,
 ) -> RouteExperiment | None:
-    """None when the route has neither block. `path` is the route's key path, e.g. `routes.fraud`."""
+    """None when the route has neither block. `path` is the route's key path, e.g. `routes.fraud`; `candidate` is
+    the route's rollout candidate, the default second arm (its weight in the file is usually 0)."""
     if experiment is None and feedback is None:
         return None
     record = FeedbackSettings()
@@ -96,7 +98,7 @@ def parse_experiment_settings(
         return RouteExperiment(record, None)
     where = f"{path}.experiment"
     data = fields.block(experiment, where, _EXPERIMENT_KEYS)
-    arms = _arms(data.get("arms"), f"{where}.arms", versions, baseline, weights)
+    arms = _arms(data.get("arms"), f"{where}.arms", versions, baseline, weights, candidate)
     metric: Metric = fields.choice(data, "metric", "accuracy", where, METRICS)  # type: ignore[assignment]
     alert = None
     if data.get("alert") is not None:
@@ -116,10 +118,16 @@ def parse_experiment_settings(
 
 
 def _arms(
-    value: object, path: str, versions: Sequence[str], baseline: str, weights: Mapping[str, float]
+    value: object,
+    path: str,
+    versions: Sequence[str],
+    baseline: str,
+    weights: Mapping[str, float],
+    candidate: str | None,
 ) -> tuple[str, ...]:
     if value is None:
-        arms = (baseline, *(v for v in versions if v != baseline and weights.get(v, 0.0) > 0))
+        others = [v for v in versions if v not in (baseline, candidate) and weights.get(v, 0.0) > 0]
+        arms = (baseline, *([candidate] if candidate is not None and candidate != baseline else []), *others)
         if len(arms) < 2:
             raise ConfigError(f"{path}: the route sends traffic to one version only; name two or more arms")
         return arms

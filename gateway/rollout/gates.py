@@ -41,7 +41,10 @@ from gateway.rollout.statistics import (
 
 GateVerdict = Literal["pass", "fail", "inconclusive", "skipped"]
 GATE_VERDICTS: tuple[GateVerdict, ...] = ("pass", "fail", "inconclusive", "skipped")
-GATES = ("error_rate", "error_rate_increase", "p99_latency_ratio", "shadow_agreement", "drift", "prediction_shift")
+GATES = (
+    "error_rate", "error_rate_increase", "p99_latency_ratio", "shadow_agreement", "drift", "prediction_shift",
+    "feedback",
+)  # fmt: skip
 QUANTILE = 0.99
 REGRESSION_BINS = 10
 
@@ -89,6 +92,7 @@ def evaluate(gates: Gates, step: Step, observations: StepObservations, *, look: 
             _agreement(gates, observations, step),
             _drift(gates, observations),
             GateResult("prediction_shift", "skipped", detail=alone),
+            _feedback(gates, observations, live),
         )
     return (
         _error_rate(gates, observations, live),
@@ -97,7 +101,26 @@ def evaluate(gates: Gates, step: Step, observations: StepObservations, *, look: 
         _agreement(gates, observations, step),
         _drift(gates, observations),
         _prediction_shift(gates, observations, live, look),
+        _feedback(gates, observations, live),
     )
+
+
+def _feedback(gates: Gates, observations: StepObservations, live: bool) -> GateResult:
+    """The route's experiment: its always-valid test on feedback, over the whole experiment so far (a decision
+    holds at every look, so the steps may share it)."""
+    name = "feedback"
+    verdict = observations.feedback
+    if not gates.block_on_feedback:
+        return GateResult(name, "skipped", detail="off")
+    if not verdict.declared:
+        return GateResult(name, "skipped", detail="no experiment on the route compares candidate and baseline")
+    if not live:
+        return GateResult(name, "skipped", detail="a shadow step serves no predictions to judge")
+    if verdict.not_worse is None:
+        return GateResult(name, "inconclusive", detail=verdict.detail)
+    if verdict.not_worse:
+        return GateResult(name, "pass", 1.0, 1.0, detail=verdict.detail)
+    return GateResult(name, "fail", 0.0, 1.0, detail=verdict.detail)
 
 
 def _candidate_errors(observations: StepObservations, live: bool) -> tuple[int, int]:

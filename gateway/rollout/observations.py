@@ -88,12 +88,23 @@ class DriftVerdict:
 
 
 @dataclass(frozen=True, slots=True)
+class FeedbackVerdict:
+    """The route's experiment (gateway/experiment) on candidate against baseline, from feedback on what each served:
+    whether the candidate is not worse by more than the margin (None: not decided yet)."""
+
+    declared: bool = False  # the route's experiment compares exactly these two versions
+    not_worse: bool | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class StepObservations:
     task: Task
     candidate: Arm
     baseline: Arm
     shadow: ShadowArm
     drift: DriftVerdict
+    feedback: FeedbackVerdict = FeedbackVerdict()
 
 
 class Recorder(Protocol):
@@ -160,7 +171,9 @@ class LocalRecorder:
         baseline_rate: float,
         monitor: DriftMonitor | None,
         random: Callable[[], float],
+        feedback: Callable[[], FeedbackVerdict] | None = None,
     ) -> None:
+        self._feedback = feedback
         self._candidate = candidate
         self._baseline = baseline
         self._reader = reader
@@ -210,6 +223,7 @@ class LocalRecorder:
                 baseline=self._arm(self._baseline),
                 shadow=self._shadow_arm(),
                 drift=self._drift(),
+                feedback=FeedbackVerdict() if self._feedback is None else self._feedback(),
             )
 
     def _arm(self, side: Side) -> Arm:

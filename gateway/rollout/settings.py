@@ -40,7 +40,7 @@ _KEYS = (
 _STEP_KEYS = ("weight", "shadow", "duration", "min_requests")
 _GATE_KEYS = (
     "max_error_rate", "max_error_rate_increase", "max_p99_latency_ratio", "min_shadow_agreement", "block_on_drift",
-    "max_prediction_shift_js", "alpha", "pass_alpha", "min_samples",
+    "max_prediction_shift_js", "alpha", "pass_alpha", "min_samples", "block_on_feedback",
 )  # fmt: skip
 _VALIDATE_KEYS = (
     "golden_set", "label_column", "group_column", "min_metric", "max_metric", "max_metric_drop", "min_agreement",
@@ -88,6 +88,9 @@ class Gates:
     alpha: float = 0.001
     pass_alpha: float = 0.05
     min_samples: int = 100  # per arm, before a gate may decide at all
+    # With an experiment on the route comparing baseline and candidate: hold each live step until its always-valid
+    # test says the candidate is not worse than the baseline by more than its margin, and fail when it is.
+    block_on_feedback: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +225,7 @@ def _parse_gates(data: object, path: str) -> Gates:
         alpha=fields.number(block, "alpha", default.alpha, path, low=0.0, high=0.5, open_low=True),
         pass_alpha=fields.number(block, "pass_alpha", default.pass_alpha, path, low=0.0, high=0.5, open_low=True),
         min_samples=fields.integer(block, "min_samples", default.min_samples, path, low=1),
+        block_on_feedback=fields.boolean(block, "block_on_feedback", default.block_on_feedback, path),
     )
 
 
