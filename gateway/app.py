@@ -274,6 +274,7 @@ def create_app(
             spawn(LagMonitor(dataplane, settings.max_loop_lag).run(), "loop-lag")
         spawn(rollouts.run(settings.rollout_tick), "rollouts")
         spawn(rollout_webhook.run(1.0), "rollout-webhook")
+        spawn(quality_webhook.run(1.0), "quality-webhook")
         if predlog is not None:
             spawn(predlog.run(), "prediction-log")
         if settings.config_path is not None and settings.watch:

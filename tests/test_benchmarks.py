@@ -356,3 +356,9 @@ def test_soak_runs_mixed_traffic_with_reloads_and_answers_every_kind_as_expected
     assert report["unexpected"] == {}, report["examples"]
     assert report["reloads_applied"] >= 1 and report["reloads_missed"] == 0
     assert report["rss_mb"]["end"] > 0 and report["fds"]["end"] > 0 and report["threads"]["end"] > 0
+
+
+def test_experiment_power_smoke_mode_reports_both_tests() -> None:
+    output = _run_module("benchmarks.experiment_power", "--smoke", timeout=120).stdout
+    assert "always-valid test:" in output and "z-test read at every look:" in output
+    assert "fixed horizon for 80 % power, read once: 9,804 per arm" in output

@@ -131,10 +131,10 @@ def _arms(
         if len(arms) < 2:
             raise ConfigError(f"{path}: the route sends traffic to one version only; name two or more arms")
         return arms
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):  # config.py freezes lists
         raise ConfigError(f"{path}: must be a list of the route's version names, got {value!r}")
     if len(value) < 2 or len(set(value)) != len(value):
-        raise ConfigError(f"{path}: must name two or more different versions, got {value!r}")
+        raise ConfigError(f"{path}: must name two or more different versions, got {list(value)!r}")
     for name in value:
         if name not in versions:
             raise ConfigError(f"{path}: {name!r} is not a version of this route (versions: {', '.join(versions)})")
