@@ -6,7 +6,9 @@ the answer is written to a transport that keeps it. Run as a script:
     python -m benchmarks.bench_path --callgrind   # instructions per request under valgrind: the same on every run
 
 Cases, on the tiny benchmark model (FP32 [1, 16] -> [1, 2]): the common JSON request (the fast lane), the same
-request asking for its output by name (the general codec), and the binary form tritonclient sends. On a shared
+request asking for its output by name (the general codec), the binary form tritonclient sends, and the common request
+with an id on a route that records decisions for feedback (the experiment ledger's cost; the same id each time, so
+the record overwrites one entry rather than growing). On a shared
 machine the microseconds move by 10-20 % between runs; instruction counts do not, which makes them the figure to
 compare two versions of the request path by (`valgrind` from Debian; slow: about a minute).
 """
@@ -45,11 +47,25 @@ def bodies() -> dict[str, tuple[bytes, tuple[tuple[bytes, bytes], ...]]]:
     raw = struct.pack("<16f", *_DATA)
     head = _binary_head(tensor, len(raw))
     length = ((b"Inference-Header-Content-Length", str(len(head)).encode()),)
+    with_id = orjson.dumps({"id": "request-1", "inputs": [{**tensor, "data": _DATA}]})
     return {
         "json (fast lane)": (common, ()),
         "json naming outputs (general codec)": (named, ()),
         "binary (tritonclient's default)": (head + raw, length),
+        FEEDBACK_CASE: (with_id, ()),
     }
+
+
+FEEDBACK_CASE = "json with an id, feedback on"
+
+
+def _feedback_config(repository: Path) -> Path:
+    path = repository.parent / "feedback.yaml"
+    path.write_text(
+        f"model_repository: {repository}\nroutes:\n  {TINY.name}:\n    versions: {{v: 1}}\n"
+        "    feedback: {max_records: 100000, ttl: 1h}\n"
+    )
+    return path
 
 
 def _binary_head(tensor: dict[str, Any], size: int) -> bytes:
@@ -68,7 +84,7 @@ def request(body: bytes, headers: Sequence[tuple[bytes, bytes]]) -> bytes:
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
-def _protocol(repository: Path, inline_below_us: float) -> tuple[Any, StandInTransport]:
+def _protocol(repository: Path, inline_below_us: float, case: str = "") -> tuple[Any, StandInTransport]:
     from uvicorn.config import Config
     from uvicorn.server import ServerState
 
@@ -77,7 +93,12 @@ def _protocol(repository: Path, inline_below_us: float) -> tuple[Any, StandInTra
     from gateway.transport import StandInTransport, protocol_for
 
     # Seeded: every sampling draw (drift, routing) is the same each run, so instruction counts compare run to run.
-    app = create_app(Settings(model_repository=repository, onnx=OnnxOptions(inline_below_us=inline_below_us)), seed=0)
+    onnx = OnnxOptions(inline_below_us=inline_below_us)
+    if case == FEEDBACK_CASE:
+        settings = Settings(config_path=_feedback_config(repository), watch=False, onnx=onnx)
+    else:
+        settings = Settings(model_repository=repository, onnx=onnx)
+    app = create_app(settings, seed=0)
     config = Config(app, http=protocol_for(app.state.dataplane), lifespan="off", access_log=False)
     config.load()
     protocol: Any = config.http_protocol_class(config=config, server_state=ServerState(), app_state={})  # type: ignore[call-arg]
@@ -100,7 +121,7 @@ def measure(repository: Path, case: str, count: int, rounds: int, inline_below_u
     raw = request(body, headers)
 
     async def run() -> float:
-        protocol, transport = _protocol(repository, inline_below_us)
+        protocol, transport = _protocol(repository, inline_below_us, case)
         _drive(protocol, transport, raw, 200)  # warm
         best = float("inf")
         for _ in range(rounds):
@@ -141,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.inner:
 
         async def inner() -> None:
-            protocol, transport = _protocol(args.repository, 1e9)
+            protocol, transport = _protocol(args.repository, 1e9, args.inner)
             body, headers = bodies()[args.inner]
             _drive(protocol, transport, request(body, headers), args.count)
 

@@ -62,7 +62,7 @@ class Publisher:
         decisions: dict[tuple[str, str, str], DecisionRecord] = {}
         experiments = self._experiments
         if experiments is not None:
-            experiments.configure(generation.features.experiment)
+            experiments.configure(generation.features.experiment, _references(generation))
         for name, route in table.routes.items():
             plan = plans[name]
             lane = self._lane(generation, name, route, plan, served)
@@ -118,3 +118,18 @@ class Publisher:
         for (name, version), share in now.items():
             gauge.labels(name, version).set(share)
         self._published = set(now)
+
+
+def _references(generation: Generation) -> dict[str, dict[str, dict[str, float]]]:
+    """Route -> version -> the figures its metadata.json states under "metrics" (its validation figures)."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for name, route in generation.config.routes.items():
+        for version, spec in route.versions.items():
+            loaded = generation.loaded.get((route.model, spec.version))
+            figures = loaded.served.source.metadata.get("metrics") if loaded is not None else None
+            if isinstance(figures, dict):
+                numbers = {
+                    k: float(v) for k, v in figures.items() if isinstance(v, int | float) and not isinstance(v, bool)
+                }
+                out.setdefault(name, {})[version] = numbers
+    return out

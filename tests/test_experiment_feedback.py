@@ -117,3 +117,26 @@ def test_settings() -> None:
             parse_experiment_settings(
                 experiment, None, "routes.r", versions=versions, baseline="stable", weights=weights
             )
+
+
+def test_the_alert_fires_below_the_validation_figure_and_clears_when_quality_is_back() -> None:
+    from gateway.experiment.feedback import Feedback
+    from gateway.experiment.hub import Experiments
+
+    settings = parse_experiment_settings(
+        {"min_samples": 50, "window": 100, "alert": {}}, None, "routes.r", versions=("a", "b"), baseline="a",
+        weights={"a": 50.0, "b": 50.0},
+    )  # fmt: skip
+    hub = Experiments()
+    hub.configure({"r": settings}, {"r": {"b": {"accuracy": 0.95}}})  # b's metadata: 95 % on its validation set
+
+    def labels(version: str, right: int, wrong: int) -> list[Feedback]:
+        rows = [(1, 1)] * right + [(1, 0)] * wrong  # (prediction, label)
+        return [Feedback(None, "label", (t,), version, (p,)) for p, t in rows]
+
+    hub.judge("r", labels("b", 88, 12))  # 0.88 on 100: 3.2 standard errors under 0.95
+    assert hub.report()["r"]["experiment"]["alerts"] == {"b": True}
+    hub.judge("r", labels("b", 100, 0))  # the window (the last 100) is perfect again
+    assert hub.report()["r"]["experiment"]["alerts"] == {"b": False}
+    hub.judge("r", labels("a", 60, 40))  # a has no validation figure and no floor: nothing to fire on
+    assert hub.report()["r"]["experiment"]["alerts"]["a"] is False

@@ -26,6 +26,17 @@ from gateway.webhook import Webhook
 logger = logging.getLogger(__name__)
 
 OUTCOMES = ("accepted", "duplicate", "unknown", "expired", "rejected")
+# The validation figure (a version's metadata.json "metrics") is compared with the window every time feedback comes:
+# a strict one-sided level keeps the many looks from raising false alarms on a version that is as good as it was.
+REFERENCE_ALPHA = 0.001
+_Z_REFERENCE = 3.090232306167813  # the standard normal's 1 - REFERENCE_ALPHA quantile
+
+
+def _significantly_below(value: float, n: int, reference: float, metric: str) -> bool:
+    """A proportion (accuracy, conversion) over `n` window samples below the validation figure by more than noise."""
+    if metric not in ("accuracy", "conversion") or not 0.0 < reference < 1.0:
+        return False
+    return (reference - value) / math.sqrt(reference * (1.0 - reference) / n) > _Z_REFERENCE
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +58,7 @@ class _Route:
     alerts: dict[str, bool] = field(default_factory=dict)  # version -> firing
     outcomes: Counter[str] = field(default_factory=Counter)
     looks: int = 0
+    references: Mapping[str, Mapping[str, float]] = field(default_factory=dict)  # version -> its validation figures
 
     def quality_of(self, version: str) -> Quality:
         quality = self.quality.get(version)
@@ -62,9 +74,14 @@ class Experiments:
         self._clock = clock
         self._routes: dict[str, _Route] = {}
 
-    def configure(self, settings: Mapping[str, RouteExperiment | None]) -> None:
+    def configure(
+        self,
+        settings: Mapping[str, RouteExperiment | None],
+        references: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
+    ) -> None:
         """Follow a new config: a route keeps its ledger while its feedback settings stand, and its quality and test
-        while its experiment does; a changed experiment starts over (its arms or metric no longer compare)."""
+        while its experiment does; a changed experiment starts over (its arms or metric no longer compare).
+        `references`: route -> version -> the figures its metadata states (`"metrics": {"accuracy": 0.97}`)."""
         routes: dict[str, _Route] = {}
         for name, wanted in settings.items():
             if wanted is None:
@@ -79,6 +96,7 @@ class Experiments:
                 routes[name] = current
             else:
                 routes[name] = _Route(wanted, ledger, test=self._fresh_test(wanted))
+            routes[name].references = (references or {}).get(name, {})
         self._routes = routes
 
     @staticmethod
@@ -183,31 +201,37 @@ class Experiments:
     def _alerts(self, route: str, state: _Route) -> None:
         experiment = state.settings.experiment
         assert experiment is not None and experiment.alert is not None
-        bound = experiment.alert.bound
+        alert = experiment.alert
+        metric = experiment.metric
         for version, quality in state.quality.items():
-            if quality.samples(experiment.metric, windowed=True) < experiment.min_samples:
+            n = quality.samples(metric, windowed=True)
+            value = quality.value(metric, windowed=True)
+            if n < experiment.min_samples or value is None:
                 continue
-            value = quality.value(experiment.metric, windowed=True)
-            if value is None:
-                continue
-            bad = value < bound if experiment.higher_is_better else value > bound
+            reasons = []
+            if alert.bound is not None and (
+                value < alert.bound if experiment.higher_is_better else value > alert.bound
+            ):
+                reasons.append(
+                    f"{'below its floor' if experiment.higher_is_better else 'above its ceiling'} {alert.bound:g}"
+                )
+            reference = state.references.get(version, {}).get(metric)
+            if alert.reference and reference is not None and _significantly_below(value, n, reference, metric):
+                reasons.append(f"significantly below its validation figure {reference:.4g} (p < {REFERENCE_ALPHA:g})")
+            bad = bool(reasons)
             previous = state.alerts.get(version, False)
             state.alerts[version] = bad  # every judged version has a state (the metric shows 0 as well as 1)
             if bad == previous:
                 continue
-            word = "below its floor" if experiment.higher_is_better else "above its ceiling"
             if bad:
-                logger.warning(
-                    "%s %s: windowed %s %.4g is %s %g", route, version, experiment.metric, value, word, bound
-                )
+                logger.warning("%s %s: windowed %s %.4g is %s", route, version, metric, value, "; ".join(reasons))
             else:
-                logger.info(
-                    "%s %s: windowed %s %.4g is back within %g", route, version, experiment.metric, value, bound
-                )
-            if self._webhook is not None and experiment.alert.webhook_url is not None:
-                self._webhook.notify(experiment.alert.webhook_url, {
+                logger.info("%s %s: windowed %s %.4g is back", route, version, metric, value)
+            if self._webhook is not None and alert.webhook_url is not None:
+                self._webhook.notify(alert.webhook_url, {
                     "kind": "quality", "state": "firing" if bad else "resolved", "model": route, "version": version,
-                    "metric": experiment.metric, "window": quality.window, "value": value, "bound": bound,
+                    "metric": metric, "window": n, "value": value, "bound": alert.bound, "reference": reference,
+                    "reasons": reasons,
                 })  # fmt: skip
 
     # Reading -------------------------------------------------------------------------------------------------------

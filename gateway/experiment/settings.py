@@ -29,7 +29,7 @@ METRICS: tuple[Metric, ...] = ("accuracy", "reward", "conversion", "mae", "rmse"
 LOWER_IS_BETTER = frozenset({"mae", "rmse"})
 _EXPERIMENT_KEYS = ("arms", "metric", "alpha", "min_samples", "margin", "tau", "output", "window", "alert")
 _FEEDBACK_KEYS = ("max_records", "ttl")
-_ALERT_KEYS = ("floor", "ceiling", "webhook_url")
+_ALERT_KEYS = ("floor", "ceiling", "reference", "webhook_url")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,10 +40,12 @@ class FeedbackSettings:
 
 @dataclass(frozen=True, slots=True)
 class AlertSettings:
-    """Fires when a version's windowed quality is worse than the bound: below `floor` (accuracy, reward,
-    conversion) or above `ceiling` (mae, rmse); clears when it is back."""
+    """Fires when a version's windowed quality is worse than the bound (below `floor` for accuracy, reward and
+    conversion; above `ceiling` for mae and rmse), or, with `reference`, significantly below the figure its
+    metadata.json states (`"metrics": {"accuracy": ...}`: its validation figure); clears when it is back."""
 
-    bound: float
+    bound: float | None = None
+    reference: bool = True
     webhook_url: str | None = None
 
 
@@ -146,9 +148,8 @@ def _alert(value: object, path: str, metric: Metric) -> AlertSettings:
     key, other = ("ceiling", "floor") if metric in LOWER_IS_BETTER else ("floor", "ceiling")
     if other in data:
         raise ConfigError(f"{path}.{other}: {metric} is {'an error' if key == 'ceiling' else 'a score'}; use {key}")
-    if key not in data:
-        raise ConfigError(f"{path}.{key}: is required")
     return AlertSettings(
-        bound=fields.number(data, key, 0.0, path, low=-1e12, high=1e12),
+        bound=fields.optional_number(data, key, None, path, low=-1e12, high=1e12),
+        reference=fields.boolean(data, "reference", True, path),
         webhook_url=fields.http_url(data, "webhook_url", path),
     )
