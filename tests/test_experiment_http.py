@@ -167,3 +167,17 @@ def test_feedback_over_real_http_joins_requests_the_direct_path_served(config: P
             assert judged.json()["outcomes"]["accepted"] == 5
             report = http.get("/admin/experiments").json()["affine"]
             assert report["versions"]["a"]["accuracy"] == {"n": 5, "cumulative": 1.0, "window": 1.0, "window_n": 5}
+
+
+def test_a_long_feedback_list_is_judged_in_slices_with_the_same_answer(client: TestClient) -> None:
+    for i in range(450):
+        serve(client, "a", f"n{i}", i % 4)
+    items: list[dict[str, object]] = [{"id": f"n{i}", "label": i % 4} for i in range(450)]
+    items.insert(300, {"id": "n1", "label": 1})  # a duplicate in the third slice
+    answer = feedback(client, items)
+    assert answer.json()["outcomes"] == {"accepted": 450, "duplicate": 1, "unknown": 0, "expired": 0, "rejected": 0}
+    assert answer.json()["problems"][0]["index"] == 300
+    malformed = feedback(client, [*items[:250], {"id": "x", "label": None}])  # the fault is in the second slice
+    assert malformed.status_code == 400 and "feedback[250].label" in malformed.json()["error"]
+    report = client.get("/admin/experiments").json()["affine"]
+    assert report["versions"]["a"]["accuracy"]["n"] == 450  # the refused list judged nothing, not even its first slice

@@ -127,15 +127,25 @@ class Experiments:
     def judge(self, route: str, items: Sequence[Feedback]) -> list[Judged]:
         """Score each item against the decision it names and fold it into its version's quality; then one look of
         the route's test and its alerts."""
+        judged = self.judge_some(route, items)
+        self.conclude(route, judged)
+        return judged
+
+    def judge_some(self, route: str, items: Sequence[Feedback]) -> list[Judged]:
+        """`judge` without the look: the endpoint judges a long list in slices, letting requests run between them."""
         state = self._routes.get(route)
         if state is None:
             raise ProtocolError(f"model '{route}' takes no feedback: its route declares no feedback or experiment")
         judged = [self._one(state, item) for item in items]
         for result in judged:
             state.outcomes[result.outcome] += 1
-        if any(result.outcome == "accepted" for result in judged):
-            self._look(route, state)
         return judged
+
+    def conclude(self, route: str, judged: Sequence[Judged]) -> None:
+        """One look of the route's test and its alerts, after a request's feedback is judged."""
+        state = self._routes.get(route)
+        if state is not None and any(result.outcome == "accepted" for result in judged):
+            self._look(route, state)
 
     def _one(self, state: _Route, item: Feedback) -> Judged:
         outputs: Outputs | None = None
