@@ -140,3 +140,31 @@ def test_the_alert_fires_below_the_validation_figure_and_clears_when_quality_is_
     assert hub.report()["r"]["experiment"]["alerts"] == {"b": False}
     hub.judge("r", labels("a", 60, 40))  # a has no validation figure and no floor: nothing to fire on
     assert hub.report()["r"]["experiment"]["alerts"]["a"] is False
+
+
+def test_the_rollout_reads_the_experiment_as_its_feedback_gate() -> None:
+    """The rollout manager's recorder asks the hub; the verdict holds (None) until the test decides, and only an
+    experiment whose control and candidate are the rollout's baseline and candidate counts."""
+    import random
+
+    from gateway.experiment.feedback import Feedback
+    from gateway.experiment.hub import Experiments
+    from gateway.rollouts import RolloutManager, validate_job
+
+    settings = parse_experiment_settings(
+        {"min_samples": 50, "margin": 0.05}, None, "routes.r", versions=("stable", "canary"), baseline="stable",
+        weights={"stable": 100.0}, candidate="canary",
+    )  # fmt: skip
+    assert settings is not None and settings.experiment is not None
+    assert settings.experiment.arms == ("stable", "canary")  # the rollout's candidate is an arm by default
+    hub = Experiments()
+    hub.configure({"r": settings})
+    manager = RolloutManager(validator=validate_job, random=random.Random(0).random, experiments=hub)
+    read = manager._feedback_verdict("r", "stable", "canary")
+    assert read is not None and read().declared and read().not_worse is None
+    assert not manager._feedback_verdict("r", "canary", "stable")().declared  # type: ignore[misc]
+    rows = [Feedback(None, "label", (1,), version, (1 if i % 10 else 0,)) for version in ("stable", "canary")
+            for i in range(3000)]  # fmt: skip
+    hub.judge("r", rows)  # both 90 % right: the candidate is surely not 5 points worse
+    verdict = read()
+    assert verdict.not_worse is True and "accuracy difference canary - stable" in verdict.detail
