@@ -7,8 +7,8 @@ the answer is written to a transport that keeps it. Run as a script:
 
 Cases, on the tiny benchmark model (FP32 [1, 16] -> [1, 2]): the common JSON request (the fast lane), the same
 request asking for its output by name (the general codec), the binary form tritonclient sends, and the common request
-with an id on a route that records decisions for feedback (the experiment ledger's cost; the same id each time, so
-the record overwrites one entry rather than growing). On a shared
+with an id, on a plain route and on one that records decisions for feedback (the difference is the experiment
+ledger's cost; the same id each time, so the record overwrites one entry rather than growing). On a shared
 machine the microseconds move by 10-20 % between runs; instruction counts do not, which makes them the figure to
 compare two versions of the request path by (`valgrind` from Debian; slow: about a minute).
 """
@@ -52,6 +52,7 @@ def bodies() -> dict[str, tuple[bytes, tuple[tuple[bytes, bytes], ...]]]:
         "json (fast lane)": (common, ()),
         "json naming outputs (general codec)": (named, ()),
         "binary (tritonclient's default)": (head + raw, length),
+        "json with an id": (with_id, ()),
         FEEDBACK_CASE: (with_id, ()),
     }
 

@@ -39,16 +39,16 @@ class Ledger:
         return LedgerLane(self, arm)
 
     def offer(self, request_id: str, arm: str, outputs: Outputs) -> None:
+        self.lane(arm).offer(request_id, outputs)
+
+    def make_room(self) -> None:
+        """Drop the oldest decision (the record is full), counted as expired or evicted by its age."""
         records = self._records
-        now = self._clock()
-        if len(records) >= self.capacity:
-            oldest = next(iter(records))
-            if records.pop(oldest)[2] < now - self.ttl:
-                self.expired += 1
-            else:
-                self.evicted += 1
-        records[request_id] = (arm, outputs, now)
-        self.recorded += 1
+        oldest = next(iter(records))
+        if records.pop(oldest)[2] < self._clock() - self.ttl:
+            self.expired += 1
+        else:
+            self.evicted += 1
 
     def find(self, request_id: str) -> tuple[Found, str | None, Outputs | None]:
         """The decision a feedback judges (its version and outputs), or why there is none."""
@@ -73,15 +73,22 @@ class Ledger:
 
 
 class LedgerLane:
-    """One version's door into its route's ledger: what a DecisionRecord holds."""
+    """One version's door into its route's ledger: what a DecisionRecord holds. It writes the record itself (one
+    call on the request path, not two)."""
 
-    __slots__ = ("_arm", "_ledger")
+    __slots__ = ("_arm", "_clock", "_ledger", "_records")
 
     def __init__(self, ledger: Ledger, arm: str) -> None:
         self._ledger = ledger
         self._arm = arm
+        self._records = ledger._records
+        self._clock = ledger._clock
 
     def offer(self, request_id: str | None, outputs: Outputs) -> None:
         """Record one served request; never raises. A request without an id cannot be judged and is skipped."""
         if request_id is not None:
-            self._ledger.offer(request_id, self._arm, outputs)
+            ledger = self._ledger
+            if len(self._records) >= ledger.capacity:
+                ledger.make_room()
+            self._records[request_id] = (self._arm, outputs, self._clock())
+            ledger.recorded += 1
