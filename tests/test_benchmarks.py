@@ -20,6 +20,7 @@ import onnxruntime as ort
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from benchmarks.bench_path import bodies
 from benchmarks.loadgen import LoadSpec, run_load, summarize_latencies
 from benchmarks.models import MEDIUM, TINY, build_model, write_repository
 from benchmarks.payload import build_body, infer_url, metadata_url
@@ -320,7 +321,7 @@ def test_a_server_that_fails_to_start_becomes_failed_rows(tmp_path: Path) -> Non
 def test_path_benchmark_drives_every_case_to_a_200(tmp_path: Path) -> None:
     done = _run_module("benchmarks.bench_path", "--count", "50", "--rounds", "1", timeout=120)
     lines = done.stdout.strip().splitlines()
-    assert len(lines) == 3 and all(line.endswith("us/request") for line in lines), done.stdout
+    assert len(lines) == len(bodies()) == 5 and all(line.endswith("us/request") for line in lines), done.stdout
 
 
 def test_shadow_benchmark_measures_both_routes(tmp_path: Path) -> None:
