@@ -37,7 +37,7 @@ def first_decisions(p_a: float, p_b: float, experiments: int, max_n: int, seed: 
     sequential: list[int | None] = []
     naive: list[int | None] = []
     for i in range(experiments):
-        test = SequentialTest(alpha=alpha, tau=tau)
+        test = SequentialTest(alpha=alpha, proportion=True, tau=tau)
         hit: int | None = None
         z_hit: int | None = None
         for k in range(looks):

@@ -168,3 +168,65 @@ def test_the_rollout_reads_the_experiment_as_its_feedback_gate() -> None:
     hub.judge("r", rows)  # both 90 % right: the candidate is surely not 5 points worse
     verdict = read()
     assert verdict.not_worse is True and "accuracy difference canary - stable" in verdict.detail
+
+
+def test_review_findings_stay_fixed() -> None:
+    """Each case a review found: constant arms, rmse's margin, outputs that cannot be scored, non-finite values, a
+    window smaller than min_samples, a reused request id, a float class against a text label."""
+    from gateway.experiment.feedback import Feedback
+    from gateway.experiment.hub import Experiments
+    from gateway.experiment.sequential import Arm, SequentialTest
+
+    # Constant arms say nothing of their noise: no look (no zero-width interval that would hold forever) ...
+    assert SequentialTest().update(Arm(50, 50.0, 50.0), Arm(50, 50.0, 50.0)) == SequentialTest()
+    # ... except 0/1 outcomes, whose smoothed rates always vary: 40 right against 40 wrong is decided.
+    assert SequentialTest(proportion=True).update(Arm(40, 40.0, 40.0), Arm(40, 0.0, 0.0)).high < 0
+
+    def hub_for(experiment: dict[str, object]) -> Experiments:
+        settings = parse_experiment_settings(
+            experiment, None, "routes.r", versions=("a", "b"), baseline="a", weights={"a": 1.0, "b": 1.0}
+        )
+        hub = Experiments()
+        hub.configure({"r": settings})
+        return hub
+
+    # rmse: the test compares mean squared errors, the margin is in rmse units (3.0 against 3.3 is within 0.5).
+    rng = np.random.default_rng(11)
+    hub = hub_for({"metric": "rmse", "margin": 0.5, "min_samples": 100})
+    for version, sd in (("a", 3.0), ("b", 3.3)):
+        errors = rng.normal(0.0, sd, 8_000)
+        hub.judge("r", [Feedback(None, "value", (0.0,), version, (float(e),)) for e in errors])
+    report = hub.report()["r"]["experiment"]
+    assert report["not_worse_by_margin"] is True and report["test_scale"] == "mean squared error"
+    assert 2.9 < report["arms"][0]["mean"] < 3.1  # reported as rmse, not its square
+
+    # Outputs that cannot be read, and non-finite values: rejected (400 when alone), never a 500, nothing counted.
+    hub = hub_for({"min_samples": 2})
+    lane = hub.lane("r", "a")
+    assert lane is not None
+    lane.offer("empty", {"Y": np.zeros((0, 4), np.float32)})
+    lane.offer("words", {"Y": np.array([["x", "y"]], dtype=object)})
+    lane.offer("none", {"Y": np.array([None], dtype=object)})
+    items = [
+        Feedback("empty", "label", (0,)), Feedback("words", "label", ("x",)), Feedback("none", "value", (1.0,)),
+        Feedback(None, "value", (1.0,), "a", (float("nan"),)),
+    ]  # fmt: skip
+    judged = hub.judge("r", items)
+    assert [j.outcome for j in judged] == ["rejected"] * 4, judged
+    assert "a" not in hub.report()["r"]["versions"] or not hub.report()["r"]["versions"]["a"]
+
+    # A window smaller than min_samples still lets the alert fire (on a full window).
+    hub = hub_for({"min_samples": 200, "window": 50, "alert": {"floor": 0.9}})
+    hub.judge("r", [Feedback(None, "label", (1,), "b", (0,)) for _ in range(60)])
+    assert hub.report()["r"]["experiment"]["alerts"] == {"b": True}
+
+    # A reused id replaces its record in the newest place and evicts nothing.
+    ledger = Ledger(3, ttl=60.0)
+    for request_id in ("a", "b", "c", "b"):
+        ledger.lane("v").offer(request_id, {"Y": np.ones(1)})
+    assert ledger.evicted == 0 and len(ledger) == 3
+    ledger.lane("v").offer("d", {"Y": np.ones(1)})
+    assert ledger.find("a")[0] == "unknown" and ledger.find("b")[0] == "found"  # a was the oldest, not b
+
+    # A float class output against a text label: 3.0 is the class "3".
+    assert score_labels(np.array([3.0]), ["3"]).correct == (1.0,)

@@ -33,7 +33,7 @@ def _simulate(p_control: float, p_candidate: float, seed: int) -> tuple[int, int
     candidate = rng.binomial(STEP, p_candidate, size=(EXPERIMENTS, looks)).cumsum(axis=1)
     sequential = naive = 0
     for i in range(EXPERIMENTS):
-        test = SequentialTest(alpha=ALPHA)
+        test = SequentialTest(alpha=ALPHA, proportion=True)
         called = z_called = False
         for k in range(looks):
             a, b = _arms(control[i], k), _arms(candidate[i], k)
@@ -61,7 +61,7 @@ def test_a_real_difference_is_found_and_its_sign_is_right() -> None:
     rng = np.random.default_rng(7)
     a = rng.binomial(1, 0.50, 20_000).astype(float)
     b = rng.binomial(1, 0.55, 20_000).astype(float)
-    test = SequentialTest()
+    test = SequentialTest(proportion=True)
     for n in range(STEP, 20_001, STEP):
         test = test.update(Arm(n, a[:n].sum(), a[:n].sum()), Arm(n, b[:n].sum(), b[:n].sum()))
     assert test.decision(higher_is_better=True) == "candidate better"

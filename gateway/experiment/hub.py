@@ -104,7 +104,8 @@ class Experiments:
         experiment = settings.experiment
         if experiment is None:
             return SequentialTest()
-        return SequentialTest(alpha=experiment.alpha, tau=experiment.tau)
+        proportion = experiment.metric in ("accuracy", "conversion")
+        return SequentialTest(alpha=experiment.alpha, proportion=proportion, tau=experiment.tau)
 
     def lane(self, route: str, version: str) -> LedgerLane | None:
         state = self._routes.get(route)
@@ -165,6 +166,8 @@ class Experiments:
             self._score(state, version, item, outputs)
         except ProtocolError as exc:
             return Judged("rejected", item.id, version, str(exc))
+        except (ValueError, TypeError, OverflowError) as exc:  # an output that cannot be read as this feedback's kind
+            return Judged("rejected", item.id, version, f"the prediction cannot be scored: {exc}")
         if outputs is not None and item.id is not None:
             state.ledger.settle(item.id)
         return Judged("accepted", item.id, version)
@@ -197,7 +200,7 @@ class Experiments:
         experiment = state.settings.experiment
         if experiment is None:
             return
-        metric = "rmse" if experiment.metric == "rmse" else experiment.metric
+        metric = experiment.metric  # for rmse the per-sample values are squared errors: the test compares MSEs
         control, candidate = (state.quality_of(arm).cumulative.get(metric) for arm in experiment.arms[:2])
         if (
             control is not None and candidate is not None
@@ -216,7 +219,7 @@ class Experiments:
         for version, quality in state.quality.items():
             n = quality.samples(metric, windowed=True)
             value = quality.value(metric, windowed=True)
-            if n < experiment.min_samples or value is None:
+            if n < min(experiment.min_samples, experiment.window) or value is None:
                 continue
             reasons = []
             if alert.bound is not None and (
@@ -254,7 +257,7 @@ class Experiments:
         experiment = None if state is None else state.settings.experiment
         if state is None or experiment is None or experiment.arms[:2] != (baseline, candidate):
             return False, None, "no experiment on this route compares candidate and baseline"
-        verdict = state.test.not_worse_by(experiment.margin, higher_is_better=experiment.higher_is_better)
+        verdict = state.test.not_worse_by(_test_margin(state), higher_is_better=experiment.higher_is_better)
         interval = f"[{state.test.low:.4g}, {state.test.high:.4g}]"
         if state.looks == 0:
             interval = f"not tested yet: {experiment.min_samples} judged predictions per arm needed"
@@ -295,10 +298,11 @@ class Experiments:
             n = cumulative.n if cumulative is not None else 0
             mean = cumulative.mean if cumulative is not None else None
             half = 1.96 * math.sqrt(cumulative.variance / n) if cumulative is not None and n > 1 else None
-            arms.append({
-                "version": arm, "n": n, "mean": mean,
-                "interval_95": None if half is None or mean is None else [mean - half, mean + half],
-            })  # fmt: skip
+            interval = None if half is None or mean is None else [mean - half, mean + half]
+            if experiment.metric == "rmse" and mean is not None:  # the mean squared error's root, both ends too
+                mean = math.sqrt(mean)
+                interval = None if interval is None else [math.sqrt(max(0.0, interval[0])), math.sqrt(interval[1])]
+            arms.append({"version": arm, "n": n, "mean": mean, "interval_95": interval})
         out["experiment"] = {
             "metric": experiment.metric, "higher_is_better": experiment.higher_is_better, "alpha": experiment.alpha,
             "min_samples": experiment.min_samples, "margin": experiment.margin, "control": experiment.arms[0],
@@ -307,10 +311,23 @@ class Experiments:
             "interval": None if not math.isfinite(test.low) else [test.low, test.high],
             "p_value": test.p_value,
             "decision": test.decision(higher_is_better=experiment.higher_is_better),
-            "not_worse_by_margin": test.not_worse_by(experiment.margin, higher_is_better=experiment.higher_is_better),
+            "not_worse_by_margin": test.not_worse_by(_test_margin(state), higher_is_better=experiment.higher_is_better),
+            "test_scale": "mean squared error" if experiment.metric == "rmse" else experiment.metric,
             "alerts": {version: firing for version, firing in sorted(state.alerts.items())},
         }  # fmt: skip
         return out
+
+
+def _test_margin(state: _Route) -> float:
+    """The margin on the test's scale. For rmse the test compares mean squared errors, so "the candidate's RMSE at
+    most `margin` above the control's" is MSE_c - MSE_a <= (r + margin)^2 - r^2, with r the control's RMSE now."""
+    experiment = state.settings.experiment
+    assert experiment is not None
+    if experiment.metric != "rmse":
+        return experiment.margin
+    control = state.quality.get(experiment.arms[0])
+    rmse = control.value("rmse") if control is not None else None
+    return (2.0 * (rmse or 0.0) + experiment.margin) * experiment.margin
 
 
 def _quality_report(quality: Quality) -> dict[str, Any]:

@@ -88,7 +88,10 @@ class LedgerLane:
         """Record one served request; never raises. A request without an id cannot be judged and is skipped."""
         if request_id is not None:
             ledger = self._ledger
-            if len(self._records) >= ledger.capacity:
+            records = self._records
+            if request_id in records:  # an id used again: the newest decision, in the newest place
+                del records[request_id]
+            elif len(records) >= ledger.capacity:
                 ledger.make_room()
-            self._records[request_id] = (self._arm, outputs, self._clock())
+            records[request_id] = (self._arm, outputs, self._clock())
             ledger.recorded += 1

@@ -3,6 +3,7 @@ reward. Classifiers are read as the argmax of a score vector, or the value of a 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,9 +34,17 @@ def predictions(outputs: Mapping[str, npt.NDArray[Any]], output: str | None) -> 
     array = np.asarray(array)
     if array.ndim == 0:
         return array.reshape(1)
-    if array.ndim >= 2 and array.shape[-1] > 1:
-        return np.asarray(np.argmax(array.reshape(array.shape[0], -1), axis=1))
-    return array.reshape(array.shape[0])
+    if array.shape[0] == 0:
+        raise ProtocolError(f"the prediction's output '{name}' has no rows to score")
+    rows = array.reshape(array.shape[0], -1)
+    if rows.shape[1] == 1:
+        return rows[:, 0]
+    if array.dtype.kind not in "biuf":
+        raise ProtocolError(
+            f"output '{name}' has {rows.shape[1]} non-numeric values a row: not one class per row"
+            " (name the output to score with experiment.output)"
+        )
+    return np.asarray(np.argmax(rows, axis=1))
 
 
 def score_labels(predicted: npt.NDArray[Any], labels: Sequence[Any]) -> Scores:
@@ -50,12 +59,24 @@ def score_values(predicted: npt.NDArray[Any], values: Sequence[float]) -> Scores
         raise ProtocolError(f"{len(values)} values for a prediction of {len(predicted)} rows")
     if predicted.dtype.kind not in "biuf":
         raise ProtocolError(f"a value needs a numeric prediction; the output is {predicted.dtype}")
-    return Scores(errors=tuple(float(p) - float(t) for p, t in zip(predicted.tolist(), values, strict=True)))
+    errors = tuple(float(p) - float(t) for p, t in zip(predicted.tolist(), values, strict=True))
+    if not all(math.isfinite(error) for error in errors):
+        raise ProtocolError("the prediction or the value is not finite, or their difference overflows")
+    return Scores(errors=errors)
 
 
 def _same(predicted: Any, truth: Any) -> bool:
     if isinstance(predicted, bytes):
         predicted = predicted.decode("utf-8", "replace")
     if isinstance(truth, str) or isinstance(predicted, str):
-        return str(predicted) == str(truth)
+        return _text(predicted) == _text(truth)
+    if predicted is None:
+        return False
     return bool(float(predicted) == float(truth))
+
+
+def _text(value: Any) -> str:
+    """A class as text: a whole-valued float as its integer (a float label output's 3.0 is the class "3")."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)

@@ -86,6 +86,7 @@ class SequentialTest:
     (the p-value only falls and the interval only narrows)."""
 
     alpha: float = 0.05
+    proportion: bool = False  # 0/1 outcomes (accuracy, conversion): variances from smoothed rates, never 0
     tau: float = 0.05  # the mixing spread, in pooled standard deviations (a small effect: +2 points on 50 % is 0.04)
     p_value: float = 1.0
     low: float = -math.inf
@@ -96,22 +97,37 @@ class SequentialTest:
         look = self.look(control, candidate)
         if look is None:
             return self
+        low, high = max(self.low, look.low), min(self.high, look.high)
+        if low > high:
+            # The intervals no longer meet, which under the test's model happens with probability under alpha: the
+            # data are not what the model assumes (they changed over time). Trust the latest look, not an empty set.
+            low, high = look.low, look.high
         return SequentialTest(
-            self.alpha, self.tau, min(self.p_value, look.p_value), max(self.low, look.low), min(self.high, look.high),
-            look.difference,
-        )  # fmt: skip
+            self.alpha, self.proportion, self.tau, min(self.p_value, look.p_value), low, high, look.difference
+        )
 
     def look(self, control: Arm, candidate: Arm) -> Look | None:
-        """This look's own figures; None before each arm has two samples."""
+        """This look's own figures; None before each arm has two samples, or while neither arm varies (a constant
+        says nothing of its noise: a zero-width interval would hold forever once intersected)."""
         if control.n < 2 or candidate.n < 2:
             return None
         difference = candidate.mean - control.mean
-        variance = control.variance / control.n + candidate.variance / candidate.n
-        pooled = 0.5 * (control.variance + candidate.variance)
+        control_variance, candidate_variance = self._variance(control), self._variance(candidate)
+        variance = control_variance / control.n + candidate_variance / candidate.n
+        if not variance > 0.0 or not math.isfinite(variance) or not math.isfinite(difference):
+            return None
+        pooled = 0.5 * (control_variance + candidate_variance)
         tau2 = self.tau * self.tau * pooled if pooled > 0 else self.tau * self.tau
         ratio = likelihood_ratio(difference, variance, tau2)
         width = half_width(variance, tau2, self.alpha)
         return Look(difference, difference - width, difference + width, min(1.0, 1.0 / ratio) if ratio > 0 else 1.0)
+
+    def _variance(self, arm: Arm) -> float:
+        if self.proportion:
+            # Laplace's rule: an arm that was right every time so far is not known to be right always.
+            rate = (arm.total + 1.0) / (arm.n + 2.0)
+            return rate * (1.0 - rate)
+        return arm.variance
 
     def decision(self, *, higher_is_better: bool) -> Decision:
         if self.low > 0.0:
