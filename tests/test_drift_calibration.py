@@ -176,3 +176,16 @@ def test_unseen_bytes_category_is_detected() -> None:
         window[rng.random(2_000) < 0.05] = b"new"
         result = evaluate_window(profile, [feature.count_values(window)], DEFAULTS, index=0, evaluated_at=0.0)
         assert result.drifted and result.features[0].novel_share > 0.03
+
+
+@pytest.mark.parametrize("rows", [90, 280])
+def test_small_references_no_longer_false_alarm_tens_of_times_too_often(rows: int) -> None:
+    # Issue #14's first finding: with a 90-row reference the chi-square half flagged 11 % of iid 2,000-row windows
+    # (2.7 % at 280), because slots were pooled on the window's expected counts only. Pooled on both rows' (and
+    # neighbours merged), 300 seeded windows flagged 1.7 % at both sizes when measured; the issue's goal is 1 %, which
+    # the novelty test's share still stands between. Bound: X ~ Binomial(300, 0.017) reaches 13 with probability
+    # about 2e-3, so this fails a correct implementation rarely, and the old pooling (11 %, 2.7 %) far more often
+    # than not at 90 rows.
+    rng = np.random.default_rng(rows)
+    flagged = sum(evaluate(reference(rng, rows), draw(rng, 2_000)).drifted for _ in range(300))
+    assert flagged <= 12, f"{flagged} of 300 null windows flagged with a {rows}-row reference"

@@ -15,7 +15,7 @@ from gateway.drift.statistics import (
     js_distance,
     ks_binned,
     novelty_pvalues,
-    pool_small_slots,
+    pool_for_both,
     psi,
 )
 
@@ -120,17 +120,24 @@ def test_novelty_with_empty_reference_slot_is_the_exchangeable_tail() -> None:
     assert p[1] < 1e-25
 
 
-def test_pool_small_slots_merges_by_reference_share_and_drops_massless_slots() -> None:
-    # Expected window counts: 997, 997, 2.0, 4.0 (both under 5: pooled, 6.0) and 0 (no reference mass: dropped).
-    ref = np.array([500, 500, 1, 2, 0])
-    win = np.array([1000, 990, 3, 2, 5])
-    pooled_ref, pooled_win = pool_small_slots(ref, win)
-    assert pooled_ref.tolist() == [500, 500, 3]
-    assert pooled_win.tolist() == [1000, 990, 5]
-    # With a small window the pool itself is under 5 and is folded into the smallest regular slot.
-    pooled_ref, pooled_win = pool_small_slots(np.array([500, 400, 1, 2]), np.array([100, 90, 3, 2]))
-    assert pooled_ref.tolist() == [500, 403]
-    assert pooled_win.tolist() == [100, 95]
+def test_pooling_asks_enough_of_both_rows_and_drops_massless_slots() -> None:
+    # A 90-row reference against a 2,000-row window: each cell must expect 5 in the reference row too, i.e. a
+    # column total of at least 5 * 2090 / 90 = 116.1; the 0-reference slot (novelty's business) is dropped first.
+    ref = np.array([10, 10, 10, 10, 10, 10, 10, 10, 10, 0])
+    win = np.array([220, 220, 220, 220, 220, 220, 220, 220, 240, 7])
+    pooled_ref, pooled_win = pool_for_both(ref, win, ordered=True)
+    assert pooled_ref.tolist() == [10] * 9 and pooled_win.tolist() == [220] * 8 + [240]  # 230 >= 116: kept
+    ref = np.array([4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 9, 9])
+    win = np.full(20, 100)
+    pooled_ref, pooled_win = pool_for_both(ref, win, ordered=True)
+    needed = 5 * (ref.sum() + win.sum()) / ref.sum()  # 5 * 2090 / 90
+    assert ((pooled_ref + pooled_win) >= needed).all() and pooled_ref.sum() == 90 and pooled_win.sum() == 2000
+    assert len(pooled_ref) == 10  # neighbours merged in pairs: the shape kept, coarser
+    # Categories: the short ones pooled; a pool still short folds into the smallest other slot.
+    pooled_ref, pooled_win = pool_for_both(np.array([500, 500, 1, 2]), np.array([1000, 990, 3, 2]), ordered=False)
+    assert pooled_ref.tolist() == [500, 503] and pooled_win.tolist() == [1000, 995]
+    pooled_ref, pooled_win = pool_for_both(np.array([500, 500, 3, 3]), np.array([500, 500, 3, 3]), ordered=False)
+    assert pooled_ref.tolist() == [500, 500, 6] and pooled_win.tolist() == [500, 500, 6]  # columns 6 < 10, pool 12
 
 
 def test_benjamini_hochberg_matches_scipy_adjusted_pvalues() -> None:

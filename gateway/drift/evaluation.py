@@ -29,7 +29,7 @@ from gateway.drift.statistics import (
     js_distance,
     ks_binned,
     novelty_pvalues,
-    pool_small_slots,
+    pool_for_both,
     psi,
 )
 
@@ -110,7 +110,7 @@ class _Partial:
 def _distribution(feature: FeatureProfile, window: SlotCounts) -> _Partial:
     ref = np.asarray(feature.counts, dtype=np.int64)
     win = window.slots
-    pooled_ref, pooled_win = pool_small_slots(ref, win)
+    pooled_ref, pooled_win = pool_for_both(ref, win, ordered=feature.kind == "numeric")
     _, _, chi2_p = chi2_contingency(pooled_ref, pooled_win)
     if feature.kind == "numeric":
         d, ks_p = ks_binned(ref, win)

@@ -88,36 +88,57 @@ def chi2_contingency(reference: npt.NDArray[Any], window: npt.NDArray[Any]) -> t
     return stat, dof, float(special.chdtrc(dof, stat))
 
 
-def pool_small_slots(
-    reference: npt.NDArray[Any], window: npt.NDArray[Any], min_expected: float = 5.0
+def pool_for_both(
+    reference: npt.NDArray[Any], window: npt.NDArray[Any], *, ordered: bool, min_expected: float = 5.0
 ) -> tuple[Counts, Counts]:
-    """Merge the slots whose expected window count (reference share x window size) is under `min_expected`.
+    """Merge slots until every cell of the 2 x K table expects at least `min_expected` under the null, in *both*
+    rows: the reference's own noise counts as much as the window's. With a small reference (90 rows, 20 bins) the
+    reference row expects about 4 a slot whatever the window's size, and a chi-square on such cells false-alarms
+    tens of times too often (the pooling before this one, on the window's row alone, did).
 
-    The chi-square approximation is anti-conservative on tiny expected counts. The merge is decided from the
-    reference shares alone, so it does not depend on what the window saw. Slots with no reference mass are
-    dropped: values there are the novelty test's business, and a chi-square cell with a near-zero expectation
-    would false-alarm on a single stray value.
+    Slot (column) totals decide the merge: given them, the table's null distribution does not depend on the unknown
+    shares, so the test stays valid. Ordered slots (a numeric feature's bins) merge with their neighbours, keeping
+    the shape coarser rather than lumping the tails together; the short categories merge into one pool. Slots
+    with no reference mass are dropped first: values there are the novelty test's business.
     """
     ref = np.asarray(reference, dtype=np.int64)
     win = np.asarray(window, dtype=np.int64)
+    keep = ref > 0
+    ref, win = ref[keep], win[keep]
     n_ref, n_win = int(ref.sum()), int(win.sum())
-    if n_ref <= 0 or n_win <= 0:
+    if n_ref <= 0 or n_win <= 0 or len(ref) < 2:
         return ref, win
-    has_mass = ref > 0
-    expected = ref * (n_win / n_ref)
-    small = has_mass & (expected < min_expected)
-    large = has_mass & ~small
+    # Each row's expected count in a slot is column * row / total: the smaller row needs column >= this.
+    needed = min_expected * (n_ref + n_win) / min(n_ref, n_win)
+    column = ref + win
+    if column.min() >= needed:  # the common case (a reference of thousands of rows): nothing to merge
+        return ref, win
+    if ordered:
+        groups: list[list[int]] = [[]]
+        total = 0
+        for i, c in enumerate(column.tolist()):
+            groups[-1].append(i)
+            total += c
+            if total >= needed:
+                groups.append([])
+                total = 0
+        if not groups[-1]:
+            groups.pop()
+        elif len(groups) > 1:  # a short last group joins the one before it
+            groups[-2].extend(groups.pop())
+        starts = np.asarray([g[0] for g in groups])
+        return np.add.reduceat(ref, starts), np.add.reduceat(win, starts)
+    small = column < needed  # categories: the short ones pooled into one slot
     if not small.any():
-        return ref[large], win[large]
-    pooled_ref = np.append(ref[large], ref[small].sum())
-    pooled_win = np.append(win[large], win[small].sum())
-    if pooled_ref[-1] * (n_win / n_ref) < min_expected and len(pooled_ref) > 1:
-        # The pool itself is still small: fold it into the smallest regular slot.
-        target = int(np.argmin(pooled_ref[:-1]))
-        pooled_ref[target] += pooled_ref[-1]
-        pooled_win[target] += pooled_win[-1]
-        pooled_ref, pooled_win = pooled_ref[:-1], pooled_win[:-1]
-    return pooled_ref, pooled_win
+        return ref, win
+    out_ref = np.append(ref[~small], ref[small].sum())
+    out_win = np.append(win[~small], win[small].sum())
+    if out_ref[-1] + out_win[-1] < needed and len(out_ref) > 1:  # the pool is still short: into the smallest other
+        target = int(np.argmin(out_ref[:-1] + out_win[:-1]))
+        out_ref[target] += out_ref[-1]
+        out_win[target] += out_win[-1]
+        out_ref, out_win = out_ref[:-1], out_win[:-1]
+    return out_ref, out_win
 
 
 def novelty_pvalues(
