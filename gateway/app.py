@@ -48,7 +48,7 @@ from gateway.endpoints import (
 )
 from gateway.errors import ConfigError, GatewayError, ProtocolError, UnknownModelError
 from gateway.experiment.collector import ExperimentCollector
-from gateway.experiment.feedback import Feedback, load_feedback, parse_item, route_header_version
+from gateway.experiment.feedback import route_header_version
 from gateway.experiment.hub import Experiments
 from gateway.loader import VersionLoader
 from gateway.metrics import Metrics
@@ -63,8 +63,6 @@ from gateway.rollout.controller import ACTIONS
 from gateway.rollouts import RolloutManager, validate_job
 from gateway.shadow.runner import ShadowHub
 from gateway.webhook import Webhook
-
-FEEDBACK_SLICE = 200  # feedback items judged between two turns of the event loop (a few milliseconds)
 
 logger = logging.getLogger(__name__)
 
@@ -242,27 +240,10 @@ def create_app(
         route = request.path_params["model"]
         if route not in dataplane.snapshot.table.routes:
             raise UnknownModelError(f"unknown model '{route}'")
-        if not experiments.has(route):
-            raise ProtocolError(f"model '{route}' takes no feedback: its route declares no feedback or experiment")
+        experiments.require(route)  # before the body is read
         body = await read_body_within(request, dataplane.snapshot.max_body_bytes)
         version = route_header_version(request.headers.get("x-gateway-route"))
-        # Checked whole before any item is used, then judged; both in slices with the loop free between them: a
-        # list of 10,000 is about 200 ms of Python, which must not hold up the requests being served meanwhile.
-        items: list[Feedback] = []
-        try:
-            raw, batch = load_feedback(body)
-            for start in range(0, len(raw), FEEDBACK_SLICE):
-                part = enumerate(raw[start : start + FEEDBACK_SLICE], start)
-                items += [parse_item(item, index, batch, version) for index, item in part]
-                await asyncio.sleep(0)
-        except ProtocolError:
-            experiments.count_malformed(route)
-            raise
-        judged = []
-        for start in range(0, len(items), FEEDBACK_SLICE):
-            judged += experiments.judge_some(route, items[start : start + FEEDBACK_SLICE])
-            await asyncio.sleep(0)
-        experiments.conclude(route, judged)
+        judged, batch = await experiments.receive(route, body, header_version=version)
         return feedback_reply(judged, batch)
 
     async def experiments_endpoint(request: Request) -> Response:

@@ -121,8 +121,9 @@ def serve(args: argparse.Namespace) -> int:
     from gateway.app import Settings, create_app
     from gateway.backends.onnx import OnnxOptions
     from gateway.errors import GatewayError
+    from gateway.readlimits import ReadLimits
     from gateway.serving import AdminListener, GatewayServer
-    from gateway.transport import ReadLimits, protocol_for
+    from gateway.transport import protocol_for
 
     config = None if args.model_repository else (args.config or default_config())
     admin_host = args.admin_host or args.host

@@ -28,7 +28,7 @@ from gateway.errors import (
     UnknownModelError,
     UnsupportedError,
 )
-from gateway.experiment.hub import Judged
+from gateway.experiment.hub import OUTCOMES, Judged
 from gateway.protocol import encode_error
 
 logger = logging.getLogger(__name__)
@@ -273,7 +273,7 @@ def feedback_reply(judged: Sequence[Judged], batch: bool) -> JSON:
         if status == 200:
             return JSON({"id": item.id, "version": item.version, "outcome": item.outcome})
         return JSON({"error": item.error, "id": item.id, "outcome": item.outcome}, status_code=status)
-    counts = {outcome: 0 for outcome in _FEEDBACK_STATUS}
+    counts = {outcome: 0 for outcome in OUTCOMES}
     problems = []
     for index, item in enumerate(judged):
         counts[item.outcome] += 1

@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine, Generator, Sequence
-from dataclasses import dataclass
-from time import monotonic
 from typing import Any
 
 import httptools
@@ -24,6 +22,7 @@ from gateway.dataplane import DataPlane
 from gateway.endpoints import DECISION_HEADER, RawHeaders, failure, infer_target, refusal, success
 from gateway.errors import PayloadTooLargeError
 from gateway.protocol import encode_error
+from gateway.readlimits import ReadLimits, Sweeper
 
 logger = logging.getLogger(__name__)
 
@@ -109,78 +108,6 @@ class _NoTargets(_Targets):
         return None
 
 
-@dataclass(frozen=True, slots=True)
-class ReadLimits:
-    """How much a client may send, and how slowly, before the gateway stops listening to it (nginx's
-    client_header_timeout, client_body_timeout and large_client_header_buffers, in our words)."""
-
-    header_timeout: float = 10.0  # seconds from a connection's first byte (or a request's start) to its headers' end
-    body_timeout: float = 30.0  # seconds from a request's start to its body's end
-    max_header_bytes: int = 32 * 1024  # names and values of one request's headers, together
-    max_headers: int = 100
-
-
-class _Sweeper:
-    """One timer per server, not per request: it looks at every connection once every `period` seconds and answers
-    408 (and closes) those that have been reading one request for too long.
-
-    A request carries no timestamp (a store per request is paid by every request). The sweeper tells what a
-    connection is doing from state the protocol keeps anyway (`_heading`, the direct path's target, uvicorn's cycle
-    and keep-alive timer) and knows a request by its header list, which every request's start makes anew: it notes
-    when it first saw that list. The request began after the sweep before, so a limit is enforced once the first
-    sighting is older than the limit: never early, and at most two periods (a quarter of the limit) late."""
-
-    def __init__(self, limits: ReadLimits) -> None:
-        self.limits = limits
-        self.period = max(0.02, min(limits.header_timeout, limits.body_timeout) / 8)
-        self.armed = False
-        self._seen: dict[InferenceProtocol, tuple[object, float]] = {}
-
-    def arm(self, protocol: InferenceProtocol) -> None:
-        if not self.armed:
-            self.armed = True
-            protocol.loop.call_later(self.period, self._sweep, protocol.loop, protocol.connections)
-
-    def _sweep(self, loop: Any, connections: set[Any]) -> None:
-        now = monotonic()
-        seen, self._seen = self._seen, {}
-        for connection in list(connections):
-            limit = self._limit(connection)
-            if limit is None or connection.transport.is_closing():
-                continue
-            marker = connection.headers
-            first = seen.get(connection)
-            since = first[1] if first is not None and first[0] is marker else now
-            self._seen[connection] = (marker, since)
-            if now - since > limit[0]:
-                if limit[1] is None:  # sent nothing, or no request: a 408 now could cross a request on its way
-                    connection.transport.close()
-                else:
-                    connection.refuse(408, limit[1])
-        if connections:
-            loop.call_later(self.period, self._sweep, loop, connections)
-        else:
-            self.armed = False
-            self._seen = {}
-
-    def _limit(self, connection: Any) -> tuple[float, str | None] | None:
-        """The time `connection` may take over what it is sending and what to answer past it (None: close without
-        an answer), or None when it is not sending a request."""
-        limits = self.limits
-        if connection._heading:
-            return limits.header_timeout, "the request headers did not arrive in time"
-        if connection._target is not None:  # the direct path, reading a body
-            return limits.body_timeout, "the request body did not arrive in time"
-        cycle = connection.cycle
-        if cycle is not None and not cycle.response_complete:
-            if getattr(cycle, "more_body", False):  # uvicorn's path, reading a body
-                return limits.body_timeout, "the request body did not arrive in time"
-            return None  # answering: the server's business
-        if connection.timeout_keep_alive_task is None:  # sent bytes that began no request (blank lines)
-            return limits.header_timeout, None
-        return None
-
-
 class _LimitError(Exception):
     """Raised from a parser callback to stop parsing a request over a limit; `send_400_response` then answers."""
 
@@ -189,7 +116,7 @@ class InferenceProtocol(HttpToolsProtocol):
     dataplane: DataPlane  # set on the subclass that `protocol_for` makes
     head: _Head  # shared by the connections of one server, as uvicorn's default headers are
     targets: _Targets  # likewise
-    sweeper: _Sweeper  # likewise: one timer for every connection's read limits
+    sweeper: Sweeper  # likewise: one timer for every connection's read limits
     limits: ReadLimits
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -262,9 +189,7 @@ class InferenceProtocol(HttpToolsProtocol):
             self._feed(data)
         finally:
             self._max_headers = self.limits.max_headers
-        if self._heading and self._head_of is self.headers and self._head_bytes > limit:
-            self.refuse(431, self._header_limit_message())
-        elif self._heading and len(data) > limit and self._head_size() > limit:
+        if self._heading and (self._head_bytes if self._head_of is self.headers else self._head_size()) > limit:
             self.refuse(431, self._header_limit_message())
 
     def _head_size(self) -> int:
@@ -530,7 +455,7 @@ def protocol_for(
                 (InferenceProtocol,),
                 {
                     "dataplane": dataplane, "head": _Head(), "targets": _Targets() if direct else _NoTargets(),
-                    "sweeper": _Sweeper(limits),
+                    "sweeper": Sweeper(limits),
                     "limits": limits,
                 },
             )  # fmt: skip

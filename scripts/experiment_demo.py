@@ -17,7 +17,6 @@ import csv
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from typing import Any
 import httpx
 import orjson
 import yaml
+from demo_process import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "examples" / "experiment.yaml"
@@ -53,13 +53,6 @@ class Receiver(BaseHTTPRequestHandler):
         pass
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def rows() -> list[tuple[list[float], int]]:
     with TEST_SET.open() as handle:
         reader = csv.reader(handle)
@@ -76,20 +69,6 @@ def config(folder: Path, webhook: str) -> Path:
     path = folder / "gateway.yaml"
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     return path
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes], deadline: float = 60.0) -> None:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if process.poll() is not None:
-            raise SystemExit(f"the gateway exited with {process.returncode}")
-        try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit("the gateway did not become ready")
 
 
 def predict(client: httpx.Client, route: str, batch: list[tuple[str, list[float], int]]) -> list[dict[str, Any]]:

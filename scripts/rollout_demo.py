@@ -18,7 +18,6 @@ import argparse
 import csv
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from typing import Any
 import httpx
 import orjson
 import yaml
+from demo_process import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "examples" / "rollout.yaml"
@@ -86,13 +86,6 @@ class Load:
                     self.failed += 1
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def config_for(act: Act, folder: Path) -> Path:
     document: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
     document["model_repository"] = str(ROOT / "config" / "models")
@@ -107,20 +100,6 @@ def config_for(act: Act, folder: Path) -> Path:
     path = folder / "gateway.yaml"
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     return path
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes], deadline: float) -> None:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if process.poll() is not None:
-            raise SystemExit(f"the gateway exited with {process.returncode}")
-        try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit("the gateway did not become ready")
 
 
 def play(act: Act, rows: list[list[float]]) -> bool:

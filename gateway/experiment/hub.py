@@ -4,6 +4,7 @@ path only offers decisions to a route's ledger through the lanes handed to the s
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections import Counter
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from gateway.errors import ProtocolError
-from gateway.experiment.feedback import Feedback
+from gateway.experiment.feedback import Feedback, load_feedback, parse_item
 from gateway.experiment.ledger import Ledger, LedgerLane, Outputs
 from gateway.experiment.quality import Quality, metric_values
 from gateway.experiment.scoring import Scores, predictions, score_labels, score_values
@@ -26,6 +27,7 @@ from gateway.webhook import Webhook
 logger = logging.getLogger(__name__)
 
 OUTCOMES = ("accepted", "duplicate", "unknown", "expired", "rejected")
+SLICE = 200  # feedback items judged between two turns of the event loop (a few milliseconds)
 # The validation figure (a version's metadata.json "metrics") is compared with the window every time feedback comes:
 # a strict one-sided level keeps the many looks from raising false alarms on a version that is as good as it was.
 REFERENCE_ALPHA = 0.001
@@ -111,9 +113,6 @@ class Experiments:
         state = self._routes.get(route)
         return None if state is None else state.ledger.lane(version)
 
-    def has(self, route: str) -> bool:
-        return route in self._routes
-
     @property
     def routes(self) -> Mapping[str, Any]:
         return self._routes
@@ -132,11 +131,38 @@ class Experiments:
         self.conclude(route, judged)
         return judged
 
-    def judge_some(self, route: str, items: Sequence[Feedback]) -> list[Judged]:
-        """`judge` without the look: the endpoint judges a long list in slices, letting requests run between them."""
+    def require(self, route: str) -> _Route:
+        """The route's state; ProtocolError (400) when its config asks for no feedback."""
         state = self._routes.get(route)
         if state is None:
             raise ProtocolError(f"model '{route}' takes no feedback: its route declares no feedback or experiment")
+        return state
+
+    async def receive(self, route: str, body: bytes, *, header_version: str | None) -> tuple[list[Judged], bool]:
+        """A feedback request's body, checked whole before any item is used (a fault is a ProtocolError naming its
+        index, counted as malformed), then judged: both in slices with the event loop free between them, since a
+        list of 10,000 is about 200 ms of Python that must not hold up the requests served meanwhile. Returns the
+        items' outcomes and whether the body was a list."""
+        items: list[Feedback] = []
+        try:
+            raw, batch = load_feedback(body)
+            for start in range(0, len(raw), SLICE):
+                part = enumerate(raw[start : start + SLICE], start)
+                items += [parse_item(item, index, batch, header_version) for index, item in part]
+                await asyncio.sleep(0)
+        except ProtocolError:
+            self.count_malformed(route)
+            raise
+        judged: list[Judged] = []
+        for start in range(0, len(items), SLICE):
+            judged += self.judge_some(route, items[start : start + SLICE])
+            await asyncio.sleep(0)
+        self.conclude(route, judged)
+        return judged, batch
+
+    def judge_some(self, route: str, items: Sequence[Feedback]) -> list[Judged]:
+        """`judge` without the look, for a slice of a long list."""
+        state = self.require(route)
         judged = [self._one(state, item) for item in items]
         for result in judged:
             state.outcomes[result.outcome] += 1
