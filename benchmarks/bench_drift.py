@@ -1,14 +1,19 @@
-"""Cost per request of the drift sampler's `offer` (the only drift code on the request path). Run as a script:
+"""Cost of drift monitoring. Run as a script:
 
     python benchmarks/bench_drift.py
 
-Prints nanoseconds per call for an unsampled request, a sampled one (buffer drained between calls so it never
-fills), and one sampled into a full buffer (drop and count), for a 1-row request shaped like the demo model's
-(input FP32 [1, 30]; outputs label INT64 [1], probabilities FP32 [1, 2]) and for a 32-row batch.
+First the sampler's `offer` (the only drift code on the request path): nanoseconds per call for an unsampled
+request, a sampled one (buffer drained between calls so it never fills), and one sampled into a full buffer (drop
+and count), for a 1-row request shaped like the demo model's (input FP32 [1, 30]; outputs label INT64 [1],
+probabilities FP32 [1, 2]) and for a 32-row batch.
+
+Then one window off the request path: a 2,000-row window of 20 numeric features (benchmarks/drift_quality.py's
+columns) counted into its slots and judged, against a 10,000-row reference; with and without the joint monitor.
 """
 
 from __future__ import annotations
 
+import functools
 import random
 import timeit
 
@@ -50,6 +55,33 @@ def _noop_ns(calls: int) -> float:
     return min(timeit.repeat(noop, number=calls, repeat=5)) / calls * 1e9
 
 
+def window_cost() -> None:
+    from benchmarks.drift_quality import WIDE, draw, reference
+    from gateway.drift.counting import WindowCounter
+    from gateway.drift.evaluation import Reference, evaluate_window
+    from gateway.drift.settings import DriftSettings
+
+    rng = np.random.default_rng(0)
+    profile = reference(rng, 10_000, WIDE)
+    inputs = {"x": draw(rng, 2_000)["x"]}
+    for joint in (False, True):
+        settings = DriftSettings(joint=joint)
+        counter = WindowCounter(profile, joint=joint)
+        judged = Reference(profile, joint=joint)
+        counts = [c for c in counter.count(inputs, {}) if c is not None]
+        count = functools.partial(counter.count, inputs, {})
+        judge = functools.partial(
+            evaluate_window, profile, counts, settings, index=0, evaluated_at=0.0, reference=judged
+        )
+        counting = min(timeit.repeat(count, number=50, repeat=7)) / 50 * 1e3
+        judging = min(timeit.repeat(judge, number=50, repeat=7)) / 50 * 1e3
+        label = "with the joint monitor" if joint else "per-feature only"
+        print(
+            f"window 2,000 x 20 {label:23} count {counting:.3f} ms + judge {judging:.3f} ms"
+            f" = {counting + judging:.3f} ms"
+        )
+
+
 def main() -> None:
     calls = 200_000
     overhead = _noop_ns(calls)  # the lambda/def call timeit itself adds
@@ -69,6 +101,7 @@ def main() -> None:
     mixed = DriftSampler(1_000_000, rng=random.Random(0))
     mixed.configure(KEY, 0.1)
     print(f"rate 0.1     1-row request   {_per_call_ns(mixed, 1, calls, False) - overhead:8.0f} ns/call (average)")
+    window_cost()
 
 
 if __name__ == "__main__":

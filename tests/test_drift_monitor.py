@@ -84,9 +84,10 @@ def test_windows_close_at_exactly_window_size_across_split_samples() -> None:
     assert registry.get_sample_value("gateway_drift_window_samples", _labels()) == 500
     assert registry.get_sample_value("gateway_drift_detected", _labels()) == 0
     assert registry.get_sample_value("gateway_drift_queue_depth") == 0
-    assert registry.get_sample_value("gateway_drift_ks_pvalue", _labels("input[0]")) is not None
+    assert registry.get_sample_value("gateway_drift_location_pvalue", _labels("input[0]")) is not None
+    assert registry.get_sample_value("gateway_drift_pvalue", _labels("input[0]")) is not None
     assert registry.get_sample_value("gateway_drift_js_distance", _labels("label")) is not None
-    assert registry.get_sample_value("gateway_drift_ks_statistic", _labels("label")) is None  # categorical
+    assert registry.get_sample_value("gateway_drift_location_pvalue", _labels("label")) is None  # categorical
 
 
 def test_process_pending_respects_its_limit() -> None:

@@ -26,7 +26,7 @@ SIGNATURE = Signature(
 def _data(rows: int = 1_000, seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(rows, 3)).astype(np.float32)
-    x[:, 2] = rng.integers(0, 4, rows)  # few distinct integers: categorical
+    x[:, 2] = rng.integers(0, 4, rows)  # few distinct integers: one bin per value
     x[:10, 0] = np.nan
     city = np.array([b"oslo", b"lima", b"pune", None], dtype=object)[rng.integers(0, 4, rows)]
     scores = rng.random((rows, 2)).astype(np.float32)
@@ -39,7 +39,7 @@ def test_build_names_kinds_and_counts() -> None:
     assert [(f.name, f.kind, f.source) for f in profile.features] == [
         ("a", "numeric", "input"),
         ("b", "numeric", "input"),
-        ("c", "categorical", "input"),
+        ("c", "numeric", "input"),
         ("city", "categorical", "input"),
         ("label", "categorical", "output"),
         ("scores[0]", "numeric", "output"),
@@ -51,8 +51,9 @@ def test_build_names_kinds_and_counts() -> None:
     city = profile.features[3]
     assert sorted(str(c) for c in city.categories) == ["lima", "oslo", "pune"]
     assert city.counts[-1] == 0 and city.missing == int(sum(v is None for v in inputs["city"]))
-    assert profile.features[2].categories == (0.0, 1.0, 2.0, 3.0)
+    assert profile.features[2].edges == (0.5, 1.5, 2.5)  # halfway between the distinct values
     assert profile.rows == 1_000
+    assert profile.joint is not None and profile.joint.features == ("a", "b", "c")
 
 
 def test_counting_edges_out_of_range_unseen_and_missing() -> None:
@@ -67,9 +68,10 @@ def test_counting_edges_out_of_range_unseen_and_missing() -> None:
     counted = city.count_values(np.array([b"oslo", "oslo", b"rome", None, 3], dtype=object))
     assert counted.slots[city.categories.index("oslo")] == 2
     assert counted.slots[-1] == 2 and counted.missing == 1  # unseen bytes and a non-string are OTHER
-    c = profile.features[2]
-    counted = c.count_values(np.array([0.0, 3.0, 7.0, np.nan]))
-    assert counted.slots.tolist() == [1, 0, 0, 1, 1] and counted.missing == 1
+    c = profile.features[2]  # integer-valued: a value the reference did not hold sits in its neighbour's bin
+    counted = c.count_values(np.array([0.0, 3.0, 7.0, 1.4, np.nan]))
+    assert counted.slots.tolist() == [1, 1, 0, 2] and counted.missing == 1
+    assert (counted.below, counted.above) == (0, 1)  # 7 is beyond the reference maximum: novelty's business
 
 
 def test_top_categories_are_kept_and_the_rest_is_other() -> None:
@@ -135,6 +137,49 @@ def test_build_refuses_bad_data() -> None:
         build_profile(SIGNATURE, short, None, dataset_sha256="h")
     constant = Signature((TensorSpec("v", "FP32", (-1,)),), ())
     profile = build_profile(
-        constant, {"v": np.full(100, 2.5)}, dataset_sha256="h", options=ProfileOptions(categorical_max_distinct=0)
+        constant, {"v": np.full(100, 2.5)}, dataset_sha256="h", options=ProfileOptions(integer_max_distinct=0)
     )
     assert profile.features[0].edges == (2.5,) and not math.isnan(profile.features[0].std)
+
+
+def test_round_trip_keeps_the_joint_monitor_and_the_rare_levels(tmp_path: Path) -> None:
+    inputs, outputs = _data()
+    profile = build_profile(SIGNATURE, inputs, outputs, dataset_sha256="h")
+    path = tmp_path / "profile.json"
+    save_profile(profile, path)
+    loaded = load_profile(path, SIGNATURE)
+    assert loaded.version == 2 and loaded.joint == profile.joint
+    assert loaded.features == profile.features and loaded.features[3].rare_levels == (0, 0, 0, 0, 0)
+    assert loaded.joint is not None
+    rows = np.column_stack([inputs["x"][:5, j] for j in range(3)]).astype(np.float64)
+    assert np.allclose(loaded.joint.errors(rows), profile.joint.errors(rows))  # type: ignore[union-attr]
+
+
+def test_a_version_1_profile_still_loads_and_is_judged_without_the_joint_monitor(tmp_path: Path) -> None:
+    # What schema 1 wrote: integer columns as categories, no rare_levels, no joint monitor.
+    from gateway.drift.counting import WindowCounter
+    from gateway.drift.evaluation import evaluate_window
+    from gateway.drift.settings import DriftSettings
+
+    inputs, outputs = _data()
+    data = build_profile(SIGNATURE, inputs, outputs, dataset_sha256="h").to_json()
+    data["schema_version"] = 1
+    builder = data["builder"]
+    builder["categorical_max_distinct"] = builder.pop("integer_max_distinct")
+    del builder["joint"], data["joint"]
+    codes = data["features"][2]
+    codes.update(kind="categorical", categories=[0.0, 1.0, 2.0, 3.0], counts=[*codes["counts"], 0])
+    for key in ("edges", "min", "max", "mean", "std"):
+        del codes[key]
+    for feature in data["features"]:
+        feature.pop("rare_levels", None)
+    path = tmp_path / "profile.json"
+    path.write_bytes(__import__("orjson").dumps(data))
+    profile = load_profile(path, SIGNATURE)
+    assert profile.version == 1 and profile.joint is None and profile.features[2].kind == "categorical"
+    counter = WindowCounter(profile, joint=True)  # asked for, but a version-1 profile has none: judged without
+    assert counter.features == profile.features
+    fresh, fresh_outputs = _data(seed=1)
+    counts = [c for c in counter.count(fresh, fresh_outputs) if c is not None]
+    result = evaluate_window(profile, counts, DriftSettings(), index=0, evaluated_at=0.0)
+    assert len(result.features) == len(profile.features) and not result.drifted

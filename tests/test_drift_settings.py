@@ -31,11 +31,12 @@ def test_every_key_parses() -> None:
             "webhook_url": "https://hooks.example/drift",
             "max_window_seconds": 600,
             "min_window_size": 500,
+            "joint": False,
         },
         PATH,
     )
     assert settings == DriftSettings(
-        True, 1.0, 5000, 0.005, 0.05, 0.02, 3, 4, 10, "https://hooks.example/drift", 600.0, 500
+        True, 1.0, 5000, 0.005, 0.05, 0.02, 3, 4, 10, "https://hooks.example/drift", 600.0, 500, False
     )
 
 

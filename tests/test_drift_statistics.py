@@ -11,12 +11,17 @@ from scipy.spatial.distance import jensenshannon
 
 from gateway.drift.statistics import (
     benjamini_hochberg,
+    beyond_pvalues,
     chi2_contingency,
+    chi2_rows,
+    js_corrected_rows,
     js_distance,
-    ks_binned,
     novelty_pvalues,
     pool_for_both,
     psi,
+    psi_rows,
+    score_z_rows,
+    weighted_minimum,
 )
 
 
@@ -30,36 +35,86 @@ def _counts_on_all_points(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.
 
 
 @pytest.mark.parametrize("shift", [0.0, 0.1, 0.3])
-def test_ks_on_fine_bins_equals_scipy_ks_2samp(shift: float) -> None:
+def test_normal_scores_z_on_fine_bins_equals_the_van_der_waerden_statistic_on_raw_values(shift: float) -> None:
+    # Independent implementation on the raw values: scores Phi^-1(rank / (N + 1)) with mid-ranks, the window's
+    # centred score sum over its permutation standard deviation.
     rng = np.random.default_rng(1)
-    a = rng.normal(size=3000)
-    b = rng.normal(loc=shift, size=1200)
+    a = np.round(rng.normal(size=3000), 2)  # ties, which the mid-ranks must handle
+    b = np.round(rng.normal(loc=shift, size=1200), 2)
     ca, cb = _counts_on_all_points(a, b)
-    d, p = ks_binned(ca, cb)
-    exact = stats.ks_2samp(a, b, method="asymp")
-    assert d == pytest.approx(exact.statistic, abs=1e-12)
-    en = len(a) * len(b) / (len(a) + len(b))
-    # Our p-value is the Kolmogorov limit, exactly scipy's kstwobign...
-    assert p == pytest.approx(stats.kstwobign.sf(math.sqrt(en) * d), rel=1e-9, abs=1e-300)
-    # ...and close to ks_2samp's asymptotic p-value (scipy uses the finite-n kstwo with n = round(en)).
-    assert p == pytest.approx(exact.pvalue, rel=0.05, abs=1e-6)
+    z = score_z_rows(ca[None].astype(float), cb[None].astype(float))[0]
+    pooled = np.concatenate([a, b])
+    scores = stats.norm.ppf(stats.rankdata(pooled) / (len(pooled) + 1))
+    centred = scores - scores.mean()
+    m, n, total = len(a), len(b), len(pooled)
+    expected = centred[m:].sum() / math.sqrt(n * m / (total * (total - 1)) * (centred**2).sum())
+    assert z == pytest.approx(expected, rel=1e-9)
+    if shift >= 0.1:
+        assert z > 2  # the window sits higher (expected z: 2.9 at +0.1, 8.8 at +0.3)
 
 
-def test_ks_on_coarse_bins_is_conservative() -> None:
-    rng = np.random.default_rng(2)
-    a = rng.normal(size=5000)
-    b = rng.normal(loc=0.2, size=2000)
-    edges = np.quantile(a, np.arange(1, 20) / 20)
-    ca = np.bincount(np.searchsorted(edges, a, side="right"), minlength=20)
-    cb = np.bincount(np.searchsorted(edges, b, side="right"), minlength=20)
-    d, p = ks_binned(ca, cb)
-    exact = stats.ks_2samp(a, b, method="asymp")
-    assert d <= exact.statistic + 1e-12
-    assert p >= stats.kstwobign.sf(math.sqrt(5000 * 2000 / 7000) * exact.statistic)
+def test_normal_scores_z_is_standard_normal_under_the_null() -> None:
+    # 4,000 null tables on 20 quantile bins: mean about 0, variance about 1 (standard errors 0.016 and 0.022).
+    rng = np.random.default_rng(3)
+    edges = np.quantile(rng.normal(size=100_000), np.arange(1, 20) / 20)
+    ref = np.stack([np.bincount(np.searchsorted(edges, rng.normal(size=500)), minlength=20) for _ in range(4000)])
+    win = np.stack([np.bincount(np.searchsorted(edges, rng.normal(size=300)), minlength=20) for _ in range(4000)])
+    z = score_z_rows(ref.astype(float), win.astype(float))
+    assert abs(z.mean()) < 0.07 and abs(z.var() - 1) < 0.1
 
 
-def test_ks_of_empty_side_is_no_evidence() -> None:
-    assert ks_binned(np.array([5, 5]), np.array([0, 0])) == (0.0, 1.0)
+def test_row_functions_agree_with_their_one_feature_forms() -> None:
+    rng = np.random.default_rng(5)
+    ref = rng.integers(5, 400, size=(6, 12)).astype(float)
+    win = rng.integers(5, 200, size=(6, 12)).astype(float)
+    ref[2, 8:] = win[2, 8:] = 0  # a shorter feature, zero-padded
+    keep = ref > 0
+    statistic, p = chi2_rows(ref, win, keep)
+    for i in range(6):
+        stat_i, _, p_i = chi2_contingency(ref[i], win[i])
+        assert statistic[i] == pytest.approx(stat_i, rel=1e-9)
+        assert p_i <= p[i] < min(1.0, 1.5 * p_i + 1e-12)  # Williams' correction: a little larger, never smaller
+        assert psi_rows(ref, win)[i] == pytest.approx(psi(ref[i], win[i]), rel=1e-9)
+
+
+def test_williams_correction_fades_with_large_counts() -> None:
+    small = chi2_rows(np.array([[4.0, 6, 5, 5]]), np.array([[90.0, 110, 95, 105]]), np.ones((1, 4), bool))[1][0]
+    big = chi2_rows(np.array([[400.0, 600, 500, 500]]), np.array([[90.0, 110, 95, 105]]), np.ones((1, 4), bool))
+    assert small > chi2_contingency(np.array([4, 6, 5, 5]), np.array([90, 110, 95, 105]))[2]
+    assert big[1][0] == pytest.approx(
+        chi2_contingency(np.array([400, 600, 500, 500]), np.array([90, 110, 95, 105]))[2], rel=0.02
+    )
+
+
+def test_corrected_js_removes_the_noise_of_the_sample_sizes() -> None:
+    # Raw JS distance of pure noise on 20 bins is about 0.085 at n = 500 and 0.045 at n = 2,000 against 10,000
+    # reference rows; with its null expectation removed the median is 0 at both sizes, and a +0.2 sigma shift reads
+    # about the same at both sizes (its true JS distance on these bins is about 0.084).
+    rng = np.random.default_rng(9)
+    edges = np.quantile(rng.normal(size=200_000), np.arange(1, 20) / 20)
+
+    def counts(n: int, shift: float = 0.0) -> np.ndarray:
+        return np.bincount(np.searchsorted(edges, rng.normal(loc=shift, size=n)), minlength=20).astype(float)
+
+    for n in (500, 2000):
+        ref = np.stack([counts(10_000) for _ in range(200)])
+        noise = js_corrected_rows(ref, np.stack([counts(n) for _ in range(200)]))
+        shifted = js_corrected_rows(ref, np.stack([counts(n, 0.2) for _ in range(200)]))
+        raw = np.array([js_distance(r, w) for r, w in zip(ref, np.stack([counts(n) for _ in range(200)]), strict=True)])
+        assert np.median(noise) == 0.0 and np.median(raw) > 0.04
+        assert 0.07 < np.median(shifted) < 0.095
+
+
+def test_weighted_minimum_is_the_smallest_p_over_its_weight() -> None:
+    p = np.array([[0.001, 0.5, 1.0], [0.2, 0.01, 1.0], [1.0, 1.0, 1.0]])
+    w = np.array([[0.6, 0.3, 0.1], [0.6, 0.3, 0.1], [0.0, 0.9, 0.1]])
+    assert weighted_minimum(p, w) == pytest.approx([0.001 / 0.6, 0.01 / 0.3, 1.0])
+
+
+def test_beyond_range_pvalue_is_the_fisher_tail_with_no_reference_hits() -> None:
+    x, n, m = np.array([1.0, 40.0, 0.0]), np.array([2000.0, 2000.0, 500.0]), np.array([10_000.0, 10_000.0, 90.0])
+    expected = novelty_pvalues(np.zeros(3), m, x, n)
+    assert beyond_pvalues(x, n, m) == pytest.approx(expected, rel=1e-9)
 
 
 @pytest.mark.parametrize("seed", [3, 4, 5])

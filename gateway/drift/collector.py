@@ -68,20 +68,21 @@ class DriftCollector(Collector):
         per_feature = {
             "psi": g("gateway_drift_psi", "Population stability index, latest window.", labels=FEATURE_LABELS),
             "js": g(
-                "gateway_drift_js_distance", "Jensen-Shannon distance (base 2), latest window.", labels=FEATURE_LABELS
+                "gateway_drift_js_distance",
+                "Jensen-Shannon distance (base 2) above the noise expected at this size, latest window.",
+                labels=FEATURE_LABELS,
             ),
-            "ks": g(
-                "gateway_drift_ks_statistic", "Binned Kolmogorov-Smirnov D (numeric features).", labels=FEATURE_LABELS
-            ),
-            "ks_p": g(
-                "gateway_drift_ks_pvalue",
-                "Binned Kolmogorov-Smirnov p-value (numeric features).",
+            "p": g("gateway_drift_pvalue", "The feature's combined test p-value (before BH).", labels=FEATURE_LABELS),
+            "location_p": g(
+                "gateway_drift_location_pvalue",
+                "Normal-scores location test p-value (numeric features).",
                 labels=FEATURE_LABELS,
             ),
             "chi2_p": g("gateway_drift_chi2_pvalue", "Chi-square homogeneity p-value.", labels=FEATURE_LABELS),
+            "novel_p": g("gateway_drift_novelty_pvalue", "Novelty test p-value.", labels=FEATURE_LABELS),
             "novel": g(
                 "gateway_drift_novel_ratio",
-                "Excess share of values where the reference has no mass (out of range, unseen, missing).",
+                "Share of values beyond the reference range, unseen or missing, above what the reference foretells.",
                 labels=FEATURE_LABELS,
             ),
             "missing": g(
@@ -121,10 +122,11 @@ class DriftCollector(Collector):
                 fl = [*labels, f.name]
                 per_feature["psi"].add_metric(fl, f.psi)
                 per_feature["js"].add_metric(fl, f.js_distance)
-                if f.ks_statistic is not None and f.ks_pvalue is not None:
-                    per_feature["ks"].add_metric(fl, f.ks_statistic)
-                    per_feature["ks_p"].add_metric(fl, f.ks_pvalue)
+                per_feature["p"].add_metric(fl, f.pvalue)
+                if f.location_pvalue is not None:
+                    per_feature["location_p"].add_metric(fl, f.location_pvalue)
                 per_feature["chi2_p"].add_metric(fl, f.chi2_pvalue)
+                per_feature["novel_p"].add_metric(fl, f.novel_pvalue)
                 per_feature["novel"].add_metric(fl, f.novel_share)
                 if not math.isnan(f.missing_ratio):
                     per_feature["missing"].add_metric(fl, f.missing_ratio)

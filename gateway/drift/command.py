@@ -62,10 +62,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bins", type=int, default=DEFAULTS.bins, help="quantile bins per numeric feature")
     parser.add_argument("--max-categories", type=int, default=DEFAULTS.max_categories)
     parser.add_argument(
-        "--categorical-max-distinct",
+        "--integer-max-distinct",
+        "--categorical-max-distinct",  # its name before profile schema 2
+        dest="integer_max_distinct",
         type=int,
-        default=DEFAULTS.categorical_max_distinct,
-        help="integer-valued inputs with at most this many distinct values are categories (0: never)",
+        default=DEFAULTS.integer_max_distinct,
+        help="integer-valued columns with at most this many distinct values get one bin per value (0: never)",
+    )
+    parser.add_argument(
+        "--no-joint",
+        dest="joint",
+        action="store_false",
+        help="leave out the joint monitor (PCA reconstruction error over the numeric inputs)",
     )
     parser.add_argument(
         "--created-at",
@@ -102,7 +110,10 @@ def _build(args: argparse.Namespace) -> tuple[Profile, Path]:
         names = header
     outputs = _run_model(session, signature, inputs)
     options = ProfileOptions(
-        bins=args.bins, max_categories=args.max_categories, categorical_max_distinct=args.categorical_max_distinct
+        bins=args.bins,
+        max_categories=args.max_categories,
+        integer_max_distinct=args.integer_max_distinct,
+        joint=args.joint,
     )
     profile = build_profile(
         signature,
@@ -219,6 +230,14 @@ def _summary(profile: Profile, out: Path) -> str:
                 else "classes " + ", ".join(f"{c}: {n}" for c, n in zip(f.categories, f.counts, strict=False))
             )
             lines.append(f"  output {f.name}: {f.kind}, {detail}")
+    joint = profile.joint
+    if joint is not None:
+        lines.append(
+            f"  joint monitor: {len(joint.components)} of {len(joint.features)} principal components "
+            f"({joint.explained:.0%} of the variance); reconstruction error in {len(joint.counts)} bins"
+        )
+    elif profile.options.joint:
+        lines.append("  joint monitor: none (needs 2+ numeric inputs and 100+ rows, 5 per input)")
     return "\n".join(lines)
 
 

@@ -19,8 +19,9 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from gateway.drift.collector import DriftCollector
-from gateway.drift.evaluation import Persistence, WindowResult, evaluate_window
-from gateway.drift.profile import Profile, SlotCounts
+from gateway.drift.counting import WindowCounter
+from gateway.drift.evaluation import Persistence, Reference, WindowResult, evaluate_window
+from gateway.drift.profile import FeatureProfile, Profile, SlotCounts
 from gateway.drift.sampler import Arrays, DriftKey, DriftSampler, Sample
 from gateway.drift.settings import DriftSettings
 from gateway.webhook import Webhook
@@ -63,8 +64,14 @@ class VersionSnapshot:
                 "persistence_m": self.settings.persistence_m,
                 "max_window_seconds": self.settings.max_window_seconds,
                 "min_window_size": self.settings.min_window_size,
+                "joint": self.settings.joint,
             },
-            "profile": {"dataset_sha256": self.profile.dataset_sha256, "rows": self.profile.rows},
+            "profile": {
+                "dataset_sha256": self.profile.dataset_sha256,
+                "rows": self.profile.rows,
+                "schema_version": self.profile.version,
+                "joint": self.profile.joint is not None,
+            },
             "window": None if self.window is None else self.window.to_json(),
         }
 
@@ -72,9 +79,9 @@ class VersionSnapshot:
 class _Window:
     """Integer counts of the window being filled, one slot array per feature plus (missing, below, above)."""
 
-    def __init__(self, profile: Profile) -> None:
-        self.slots = [np.zeros(len(f.counts), dtype=np.int64) for f in profile.features]
-        self.extra = np.zeros((len(profile.features), 3), dtype=np.int64)
+    def __init__(self, features: tuple[FeatureProfile, ...]) -> None:
+        self.slots = [np.zeros(len(f.counts), dtype=np.int64) for f in features]
+        self.extra = np.zeros((len(features), 3), dtype=np.int64)
         self.rows = 0
         self.opened_at: float | None = None  # when its first rows were binned (the time cap counts from there)
 
@@ -91,7 +98,9 @@ class _Version:
         self.key = key
         self.profile = profile
         self.settings = settings
-        self.window = _Window(profile)
+        self.counter = WindowCounter(profile, joint=settings.joint)
+        self.reference = Reference(profile, joint=settings.joint)
+        self.window = _Window(self.counter.features)
         self.persistence = Persistence(settings.persistence_k, settings.persistence_m)
         self.latest: WindowResult | None = None
         self.index = 0
@@ -263,12 +272,9 @@ class DriftMonitor:
             _concatenate([part[0] for part in pending]),
             _concatenate([part[1] for part in pending]),
         )
-        for i, feature in enumerate(version.profile.features):
-            array = sources[0 if feature.source == "input" else 1].get(feature.tensor)
-            if array is None:
-                continue  # e.g. a request that asked for a subset of the outputs
-            values = array if feature.column is None else array[:, feature.column]
-            window.add(i, feature.count_values(values.reshape(-1)))
+        for i, counts in enumerate(version.counter.count(*sources)):
+            if counts is not None:  # None: e.g. a request that asked for a subset of the outputs
+                window.add(i, counts)
         window.rows += sum(part[2] for part in pending)
         if window.opened_at is None:
             window.opened_at = self._clock()
@@ -276,9 +282,14 @@ class DriftMonitor:
     def _close(self, version: _Version) -> None:
         window = version.window
         result = evaluate_window(
-            version.profile, window.counts(), version.settings, index=version.index, evaluated_at=self._clock()
+            version.profile,
+            window.counts(),
+            version.settings,
+            index=version.index,
+            evaluated_at=self._clock(),
+            reference=version.reference,
         )
-        version.window = _Window(version.profile)
+        version.window = _Window(version.counter.features)
         version.index += 1
         version.latest = result
         if result.drifted:

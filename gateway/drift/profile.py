@@ -5,6 +5,11 @@ column). Numeric features keep interior quantile edges and the reference counts 
 features keep their top categories plus OTHER. Both keep a missing count, and numerics keep min/max so that values
 beyond the reference range can be tested on their own. The live side counts window values with `count_values`,
 the very function that counted the reference, so both sides bin identically.
+
+Schema versions: 2 adds the joint monitor (`joint`, see gateway/drift/joint.py) and profiles integer-valued inputs
+with few distinct values as numeric with one bin per value (version 1 made them categories, so that a value the
+reference happened not to hold was "unseen"). Version 1 files still load and are judged as they are; rebuilding
+them with `gateway profile` adds the joint monitor.
 """
 
 from __future__ import annotations
@@ -20,10 +25,14 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from gateway.drift.bins import count_sorted, quantile_edges, value_edges
+from gateway.drift.joint import JointProfile, build_joint, parse_joint
 from gateway.errors import ModelLoadError
 from gateway.signature import Signature, TensorSpec
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = frozenset({1, 2})
+RARE_LEVELS = 5  # an integer value seen fewer times than this gets no bin of its own; rare_levels counts up to it
 PROFILE_FILENAME = "profile.json"
 
 Kind = Literal["numeric", "categorical"]
@@ -44,10 +53,13 @@ class ProfileOptions:
 
     bins: int = 20
     max_categories: int = 50
-    # Integer-valued numeric inputs with at most this many distinct values are profiled as categories (0: never).
-    categorical_max_distinct: int = 20
+    # Integer-valued numeric columns with at most this many distinct values get one bin per value (0: never): an
+    # ordered scale, so a count of 7 the reference did not hold is judged beside 6 and 8, not as "unseen".
+    integer_max_distinct: int = 20
     # Float outputs of rank 2 (class scores): profile at most this many columns.
     max_score_columns: int = 8
+    # Build the joint monitor (PCA reconstruction error over the numeric inputs) when the data allows it.
+    joint: bool = True
 
     def __post_init__(self) -> None:
         if not 2 <= self.bins <= 200:
@@ -81,6 +93,10 @@ class FeatureProfile:
     mean: float = math.nan
     std: float = math.nan
     categories: tuple[Category, ...] = ()
+    # How many categories the reference held exactly 1, 2, ... RARE_LEVELS times, kept or in OTHER (None: a
+    # version-1 profile, which did not record it). Good-Turing estimates from these how much of new data falls in
+    # categories the reference never saw (singletons / rows; gateway/drift/evaluation.py).
+    rare_levels: tuple[int, ...] | None = None
     _edges: npt.NDArray[np.float64] = field(init=False, repr=False, compare=False)
     _codes: Mapping[object, int] = field(init=False, repr=False, compare=False)
     _numeric_categories: npt.NDArray[np.float64] = field(init=False, repr=False, compare=False)
@@ -157,16 +173,14 @@ class FeatureProfile:
             data.update(edges=list(self.edges), min=self.minimum, max=self.maximum, mean=self.mean, std=self.std)
         else:
             data["categories"] = list(self.categories)
+            data["rare_levels"] = None if self.rare_levels is None else list(self.rare_levels)
         return data
 
 
 def _count_sorted(
     present: npt.NDArray[np.float64], rows: int, edges: npt.NDArray[np.float64], minimum: float, maximum: float
 ) -> SlotCounts:
-    # Sort then search the edges in the data: about 3x cheaper than searching each value in the edges, and a value
-    # equal to an edge lands in the upper bin either way (searchsorted side="right" semantics).
-    cumulative = np.searchsorted(present, edges, side="left")
-    slots = np.diff(cumulative, prepend=0, append=len(present)).astype(np.int64)
+    slots = count_sorted(present, edges)
     below = int(np.searchsorted(present, minimum, side="left"))
     above = len(present) - int(np.searchsorted(present, maximum, side="right"))
     return SlotCounts(slots, rows - len(present), below, above)
@@ -190,6 +204,8 @@ class Profile:
     options: ProfileOptions
     tensors: Mapping[str, TensorSpec]  # the signature entries the profile was built against
     created_at: str = ""
+    joint: JointProfile | None = None  # None: a version-1 profile, or data too small or narrow for it
+    version: int = SCHEMA_VERSION  # the schema the file was written in
 
     def feature(self, name: str) -> FeatureProfile | None:
         return next((f for f in self.features if f.name == name), None)
@@ -202,13 +218,15 @@ class Profile:
             "builder": {
                 "bins": self.options.bins,
                 "max_categories": self.options.max_categories,
-                "categorical_max_distinct": self.options.categorical_max_distinct,
+                "integer_max_distinct": self.options.integer_max_distinct,
                 "max_score_columns": self.options.max_score_columns,
+                "joint": self.options.joint,
             },
             "tensors": {
                 name: {"datatype": spec.datatype, "shape": list(spec.shape)} for name, spec in self.tensors.items()
             },
             "features": [f.to_json() for f in self.features],
+            "joint": None if self.joint is None else self.joint.to_json(),
         }
 
 
@@ -261,7 +279,17 @@ def build_profile(
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ProfileError(f"feature names are not unique: {', '.join(duplicates)}")
-    return Profile(tuple(features), rows, dataset_sha256, opts, tensors, created_at)
+    joint = None
+    if opts.joint:
+        numeric = [f for f in features if f.source == "input" and f.kind == "numeric"]
+        columns = [_column(inputs[f.tensor], f.column) for f in numeric]
+        joint = build_joint(tuple(f.name for f in numeric), columns, opts.bins)
+    return Profile(tuple(features), rows, dataset_sha256, opts, tensors, created_at, joint)
+
+
+def _column(array: npt.NDArray[Any], column: int | None) -> npt.NDArray[np.float64]:
+    values = np.asarray(array)
+    return np.asarray(values if column is None else values[:, column], dtype=np.float64)
 
 
 def _tensor_features(
@@ -295,27 +323,31 @@ def _feature(
     if source == "output" and spec.datatype in INT_TYPES:
         return _categorical(name, source, spec, column, x, opts, labels=False)
     present = x[~np.isnan(x)]
-    if opts.categorical_max_distinct > 0 and present.size and np.all(present == np.round(present)):
-        if len(np.unique(present)) <= opts.categorical_max_distinct:
-            return _categorical(name, source, spec, column, x, opts, labels=False)
-    return _numeric(name, source, spec, column, x, opts)
+    by_value = False
+    if opts.integer_max_distinct > 0 and present.size and np.all(present == np.round(present)):
+        _, frequency = np.unique(present, return_counts=True)
+        # A bin per value only when every value is established: a value seen once would make a bin whose
+        # reference share is inflated by having been seen at all (quantile bins over the ties serve then).
+        by_value = len(frequency) <= opts.integer_max_distinct and int(frequency.min()) >= RARE_LEVELS
+    return _numeric(name, source, spec, column, x, opts, by_value=by_value)
 
 
 def _numeric(
-    name: str, source: Source, spec: TensorSpec, column: int | None, x: npt.NDArray[np.float64], opts: ProfileOptions
+    name: str,
+    source: Source,
+    spec: TensorSpec,
+    column: int | None,
+    x: npt.NDArray[np.float64],
+    opts: ProfileOptions,
+    *,
+    by_value: bool = False,
 ) -> FeatureProfile:
     present = np.sort(x[~np.isnan(x)])
     if present.size == 0:
         raise ProfileError(f"feature '{name}' has no non-missing reference values")
     if not np.isfinite(present[0]) or not np.isfinite(present[-1]):
         raise ProfileError(f"feature '{name}' has infinite reference values")
-    # numpy's default ("linear") quantiles, computed on the sorted values we need for counting anyway.
-    position = (len(present) - 1) * np.arange(1, opts.bins) / opts.bins
-    low = np.floor(position).astype(np.int64)
-    high = np.minimum(low + 1, len(present) - 1)
-    quantiles = present[low] + (position - low) * (present[high] - present[low])
-    # Deduplicated: ties (or a constant feature) collapse bins instead of leaving empty ones.
-    edges = np.unique(quantiles)
+    edges = value_edges(present) if by_value else quantile_edges(present, opts.bins)
     minimum, maximum = float(present[0]), float(present[-1])
     counted = _count_sorted(present, len(x), edges, minimum, maximum)
     return FeatureProfile(
@@ -368,6 +400,7 @@ def _categorical(
         tuple(int(c) for c in counted.slots),
         counted.missing,
         categories=bare.categories,
+        rare_levels=tuple(sum(1 for count in tally.values() if count == k) for k in range(1, RARE_LEVELS + 1)),
     )
 
 
@@ -398,14 +431,19 @@ def load_profile(path: Path, signature: Signature) -> Profile:
 
 
 def parse_profile(data: Any) -> Profile:
-    if data.get("schema_version") != SCHEMA_VERSION:
-        raise ProfileError(f"schema_version {data.get('schema_version')!r} is not {SCHEMA_VERSION}")
+    version = data.get("schema_version")
+    if version not in READABLE_VERSIONS:
+        readable = ", ".join(map(str, sorted(READABLE_VERSIONS)))
+        raise ProfileError(
+            f"schema_version {version!r} is not one this gateway reads ({readable}); rebuild it with `gateway profile`"
+        )
     builder = data["builder"]
     options = ProfileOptions(
         int(builder["bins"]),
         int(builder["max_categories"]),
-        int(builder["categorical_max_distinct"]),
+        int(builder["integer_max_distinct" if version >= 2 else "categorical_max_distinct"]),
         int(builder["max_score_columns"]),
+        bool(builder.get("joint", False)),
     )
     tensors = {
         name: TensorSpec(name, str(t["datatype"]), tuple(int(d) for d in t["shape"]))
@@ -436,7 +474,18 @@ def parse_profile(data: Any) -> Profile:
             categories = tuple(c if isinstance(c, str) else float(c) for c in f["categories"])
             if len(f["counts"]) != len(categories) + 1:
                 raise ProfileError(f"feature {f['name']!r}: categories and counts do not match")
-            features.append(FeatureProfile(*common, categories=categories))
+            rare = f.get("rare_levels")
+            features.append(
+                FeatureProfile(
+                    *common, categories=categories, rare_levels=None if rare is None else tuple(int(r) for r in rare)
+                )
+            )
+    names = {f.name: f for f in features}
+    joint = None if data.get("joint") is None else parse_joint(data["joint"])
+    if joint is not None:
+        for name in joint.features:
+            if name not in names or names[name].kind != "numeric" or names[name].source != "input":
+                raise ProfileError(f"the joint monitor reads {name!r}, which is not a numeric input feature")
     return Profile(
         tuple(features),
         int(data["dataset"]["rows"]),
@@ -444,6 +493,8 @@ def parse_profile(data: Any) -> Profile:
         options,
         tensors,
         str(data.get("created_at", "")),
+        joint,
+        int(version),
     )
 
 

@@ -1,6 +1,6 @@
 """A route's `drift:` mapping from the routing YAML, parsed into a frozen DriftSettings with documented defaults.
 
-The defaults were sized by simulation (tests/test_drift_power.py): at windows of 2,000 rows against a 10,000-row
+The defaults were sized by simulation (tests/test_drift_calibration.py): at windows of 2,000 rows against a 10,000-row
 reference they detect a +0.2 sigma mean shift in one of 20 features, a x1.3 scale change, a 3 % -> 8 % rare class,
 an unseen category at 5 %, 10 % new missing values and 2 % of values beyond the reference maximum in >= 95 % of
 windows, while a null window is flagged well under `alpha` of the time.
@@ -31,12 +31,13 @@ class DriftSettings:
     window_size: int = 2000
     # Benjamini-Hochberg false-discovery rate across one window's tests (every feature, inputs and outputs).
     alpha: float = 0.01
-    # Effect gate for the distribution tests: a feature drifts only if its JS distance (base 2) is at least this.
-    # 0.04 is about a 0.1 sigma mean shift on 20 quantile bins: a +0.2 sigma shift has 0.084 and passes; a
-    # +0.03 sigma shift has 0.013 (0.016 observed at n = 50,000) and is stopped however significant.
+    # Effect gate: a significant feature drifts only if its JS distance (base 2, the noise expected at this window
+    # and reference size removed) is at least this, or its novelty share passes `min_novel_share`. On 20 quantile
+    # bins 0.04 is a mean shift of about 0.1 sigma: +0.2 sigma reads about 0.08 at every window size and passes;
+    # +0.03 sigma reads about 0.01 and is stopped however significant.
     min_js_distance: float = 0.04
-    # Effect gate for the novelty tests (values out of the reference range, unseen categories, new missing values):
-    # the excess share of the window in such slots must be at least this.
+    # Effect gate for novelty (values beyond the reference range, unseen categories, newly missing values): the
+    # window's share there above what the reference foretells (1/(m + 1) beyond each end of an m-row reference).
     min_novel_share: float = 0.01
     # Persistence: a version is drifting while at least k of its last m windows drifted.
     persistence_k: int = 2
@@ -51,6 +52,8 @@ class DriftSettings:
     # The fewest rows a time-closed window is judged on; fewer, and it keeps filling (at 200 rows over 20 bins every
     # bin still expects 10, which the chi-square and KS p-values need).
     min_window_size: int = 200
+    # Judge the joint monitor (PCA reconstruction error over the numeric inputs) when the profile has one.
+    joint: bool = True
 
 
 DISABLED = DriftSettings(enabled=False)
@@ -76,6 +79,7 @@ def parse_drift_settings(data: object, path: str) -> DriftSettings:
     default = DriftSettings()
     values: dict[str, Any] = {}
     values["enabled"] = fields.boolean(data, "enabled", default.enabled, path)
+    values["joint"] = fields.boolean(data, "joint", default.joint, path)
     values["sample_rate"] = fields.number(
         data, "sample_rate", default.sample_rate, path, low=0.0, high=1.0, open_low=True
     )

@@ -1,8 +1,9 @@
-"""Drift statistics on fixed-bin counts: pure functions of a reference count vector and a window count vector.
+"""Drift statistics on fixed-bin counts: pure functions of reference and window counts over the same slots.
 
-Every function takes integer counts over the same slots (quantile bins or categories), so a window costs
-O(slots) to evaluate whatever its size. p-values use scipy's special functions, which are cheap and exact in the
-tails (`kolmogorov`, `chdtrc`); `scipy.stats` distribution objects are avoided on this path for their overhead.
+A window costs O(slots) to evaluate whatever its size. The `*_rows` functions take one feature per row of a
+zero-padded matrix, so a window's features are tested in a few whole-matrix numpy calls. p-values use scipy's
+special functions, which are cheap and exact in the tails (`ndtri`, `erfc`, `chdtrc`); `scipy.stats` distribution
+objects are avoided on this path for their overhead.
 """
 
 from __future__ import annotations
@@ -49,21 +50,132 @@ def js_distance(reference: npt.NDArray[Any], window: npt.NDArray[Any]) -> float:
     return math.sqrt(max(divergence, 0.0) / math.log(2.0))
 
 
-def ks_binned(reference: npt.NDArray[Any], window: npt.NDArray[Any]) -> tuple[float, float]:
-    """Two-sample Kolmogorov-Smirnov on counts in ordered bins: (D, asymptotic two-sided p-value).
+def score_z_rows(reference: Floats, window: Floats) -> Floats:
+    """Van der Waerden normal-scores test of location on ordered bins, per row: the z of the window's score sum.
 
-    D is the largest CDF gap at the bin edges, a lower bound of the exact D on the raw values (equal when every
-    value sits on its own edge), so the p-value is conservative. The p-value is the Kolmogorov limit
-    `kolmogorov(sqrt(en) * D)` with en = n * m / (n + m), i.e. `scipy.stats.kstwobign.sf`.
+    Every value gets the normal score of its bin's mid-rank in the pooled sample; under the null the window's score
+    sum has the permutation mean and variance below whatever the bins' shapes (ties included), so the z is valid on
+    binned data. Its Pitman efficiency against the t-test is 1 for normal data and at least 1 for every other shape
+    (Chernoff-Savage), where KS has 0.64 and Mann-Whitney 0.95. Positive z: the window sits higher. 0 where a row
+    has no variance (one occupied bin, or an empty side).
     """
-    n_ref = float(reference.sum())
-    n_win = float(window.sum())
-    if n_ref <= 0 or n_win <= 0:
-        return 0.0, 1.0
-    gap = np.cumsum(reference) / n_ref - np.cumsum(window) / n_win
-    d = float(np.max(np.abs(gap)))
-    en = n_ref * n_win / (n_ref + n_win)
-    return d, float(special.kolmogorov(math.sqrt(en) * d))
+    column = reference + window
+    m = reference.sum(axis=1)
+    n = window.sum(axis=1)
+    total = m + n
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rank = np.cumsum(column, axis=1) - (column - 1.0) / 2.0
+        score = special.ndtri(rank / (total[:, None] + 1.0))
+        score = np.where(column > 0, score, 0.0)
+        mean = (column * score).sum(axis=1) / total
+        deviation = score - mean[:, None]
+        statistic = (window * deviation).sum(axis=1)
+        variance = n * m / (total * (total - 1.0)) * (column * deviation**2).sum(axis=1)
+        z = statistic / np.sqrt(variance)
+    return np.where(variance > 0, z, 0.0)
+
+
+def chi2_rows(reference: Floats, window: Floats, keep: npt.NDArray[np.bool_]) -> tuple[Floats, Floats]:
+    """Pearson chi-square of homogeneity per row over the slots in `keep`: (statistic, p-value), p = 1 below 2 slots.
+
+    For a 2 x K table the statistic is sum (R n - W m)^2 / (m n (R + W)); equal to `chi2_contingency` row by row.
+    """
+    m = reference.sum(axis=1, where=keep)
+    n = window.sum(axis=1, where=keep)
+    column = reference + window
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cells = (reference * n[:, None] - window * m[:, None]) ** 2 / (column * (m * n)[:, None])
+    used = keep & (column > 0)
+    statistic = np.sum(cells, axis=1, where=used)
+    dof = np.count_nonzero(used, axis=1) - 1
+    ok = (dof >= 1) & (m > 0) & (n > 0)
+    # Williams' correction (1976): the chi-square's tail is too light for small cells; dividing by q restores it at
+    # the p-values BH needs (q is about 1.03 for a 90-row reference, 1.002 for 10,000 rows).
+    total = m + n
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inverse_columns = np.sum(1.0 / column, axis=1, where=used)
+        q = 1.0 + (total * (1.0 / m + 1.0 / n) - 1.0) * (total * inverse_columns - 1.0) / (6.0 * total * dof)
+    q = np.where(ok & np.isfinite(q), np.maximum(q, 1.0), 1.0)
+    return statistic, np.where(ok, special.chdtrc(np.maximum(dof, 1), statistic / q), 1.0)
+
+
+def js_corrected_rows(reference: Floats, window: Floats) -> Floats:
+    """Jensen-Shannon distance (base 2) per row with its null expectation removed, so that a threshold means the
+    same shift at every sample size.
+
+    Between two samples from one distribution over K slots, 8 JSD (in nats) is about chi-square(K - 1) times
+    (1/n + 1/m) (the G statistic of the 2 x K table), so pure noise has JSD of about (K - 1)(1/n + 1/m) / 8: a JS
+    distance of 0.085 at n = 500 on 20 bins, 0.045 at n = 2,000. That is subtracted from the divergence before the
+    square root (floored at 0): a +0.2 sigma shift reads about 0.08 at any n, and noise reads near 0.
+    """
+    m = reference.sum(axis=1)
+    n = window.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = reference / m[:, None]
+        q = window / n[:, None]
+        mid = (p + q) / 2.0
+        divergence = (special.rel_entr(p, mid).sum(axis=1) + special.rel_entr(q, mid).sum(axis=1)) / 2.0
+        slots = np.count_nonzero(reference + window, axis=1)
+        noise = (slots - 1) * (1.0 / n + 1.0 / m) / 8.0
+        bits = np.maximum(divergence - noise, 0.0) / math.log(2.0)
+        distance = np.sqrt(bits)
+    return np.where((m > 0) & (n > 0), distance, 0.0)
+
+
+def psi_rows(reference: Floats, window: Floats, floor: float = PSI_FLOOR) -> Floats:
+    """`psi` per row (padding slots, empty on both sides, add nothing)."""
+    m = reference.sum(axis=1)
+    n = window.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = np.maximum(reference / m[:, None], floor)
+        q = np.maximum(window / n[:, None], floor)
+        value = np.sum((q - p) * np.log(q / p), axis=1)
+    return np.where((m > 0) & (n > 0), value, 0.0)
+
+
+# A p-value of exactly 1 (nothing in a novelty slot, the usual case) is -infinity on the Cauchy scale and would
+# cancel any evidence it is combined with; p-values are capped here first (Liu & Xie 2020 do the same).
+CAUCHY_CAP = 0.99
+
+
+def cauchy_combination(pvalues: Floats, weights: Floats) -> Floats:
+    """Cauchy combination (ACAT, Liu & Xie 2020) of each row's p-values with the row's weights (summing to 1).
+
+    Valid under any dependence between the combined tests, with a tail close to the smallest p-value's divided by
+    its weight: one strong test is not diluted by weak ones, and several moderate ones add up.
+    """
+    p = np.clip(pvalues, 1e-300, CAUCHY_CAP)
+    # tan((0.5 - p) pi) loses all precision for p below ~1e-16; 1 / (p pi) is its limit there.
+    t = np.where(p < 1e-15, 1.0 / (p * math.pi), np.tan((0.5 - p) * math.pi))
+    combined = (weights * t).sum(axis=1)
+    return np.asarray(np.arctan2(1.0, combined) / math.pi, dtype=np.float64)
+
+
+def weighted_minimum(pvalues: Floats, weights: Floats) -> Floats:
+    """Weighted Bonferroni per row: min over tests of p / weight (weights summing to 1), capped at 1.
+
+    Valid whatever the dependence between the tests (P(min p_i / w_i <= t) <= sum w_i t = t), and as strong as the
+    best single test divided by its weight: one strong test is not diluted by weak ones.
+    """
+    with np.errstate(divide="ignore"):
+        scaled = np.where(weights > 0, pvalues / weights, np.inf)
+    return np.asarray(np.minimum(scaled.min(axis=1), 1.0), dtype=np.float64)
+
+
+def beyond_pvalues(window_hits: Floats, window_total: Floats, reference_total: Floats) -> Floats:
+    """P(at least x of a window's n values fall beyond the range of a reference of m values), both from one
+    distribution: the chance that the x most extreme of m + n exchangeable values all fell in the window,
+    C(n, x) / C(m + n, x). Exact, and the null of "outside a finite reference" (about 1/(m + 1) of new rows on each
+    side by chance). Ties with the reference's extreme only make it conservative."""
+    x, n, m = window_hits, window_total, reference_total
+    with np.errstate(invalid="ignore"):
+        log_p = (
+            special.gammaln(n + 1.0)
+            - special.gammaln(n - x + 1.0)
+            - special.gammaln(m + n + 1.0)
+            + special.gammaln(m + n - x + 1.0)
+        )
+    return np.where(x > 0, np.minimum(np.exp(log_p), 1.0), 1.0)
 
 
 def chi2_contingency(reference: npt.NDArray[Any], window: npt.NDArray[Any]) -> tuple[float, int, float]:

@@ -30,6 +30,7 @@ import numpy.typing as npt
 import orjson
 from scipy.stats import rankdata
 
+from gateway.drift.counting import WindowCounter
 from gateway.drift.evaluation import evaluate_window
 from gateway.drift.profile import Profile, SlotCounts
 from gateway.drift.settings import DriftSettings
@@ -620,15 +621,14 @@ def _data_quality(session: _Session, settings: Validation, profile: Profile | No
         raise _NotApplicableError("check_drift is off")
     if profile is None:
         raise _NotApplicableError("the candidate has no drift profile")
-    sources = (session.golden.inputs, session.candidate_outputs.get())
+    # Binned exactly as the live monitor bins a window (gateway/drift/monitor.py).
+    counter = WindowCounter(profile, joint=drift.joint)
+    counted = counter.count(session.golden.inputs, session.candidate_outputs.get())
     counts: list[SlotCounts] = []
-    for feature in profile.features:
-        # Binned exactly as the live monitor bins a window (gateway/drift/monitor.py).
-        array = sources[0 if feature.source == "input" else 1].get(feature.tensor)
-        if array is None:
+    for feature, count in zip(counter.features, counted, strict=True):
+        if count is None:
             raise ValueError(f"profile feature '{feature.name}' needs {feature.source} '{feature.tensor}'")
-        values = array if feature.column is None else array[:, feature.column]
-        counts.append(feature.count_values(values.reshape(-1)))
+        counts.append(count)
     window = evaluate_window(profile, counts, drift, index=0, evaluated_at=0.0)
     drifted = [f for f in window.features if f.drifted]
     rows = session.golden.rows
