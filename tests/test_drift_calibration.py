@@ -12,8 +12,8 @@ import pytest
 
 from benchmarks.drift_quality import (
     REFERENCE_ROWS,
-    WINDOW_ROWS,
     WIDE,
+    WINDOW_ROWS,
     Judge,
     draw,
     null_flags,

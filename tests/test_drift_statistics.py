@@ -16,11 +16,12 @@ from gateway.drift.statistics import (
     chi2_rows,
     js_corrected_rows,
     js_distance,
+    ks_rows,
     novelty_pvalues,
     pool_for_both,
     psi,
     psi_rows,
-    score_z_rows,
+    rank_z_rows,
     weighted_minimum,
 )
 
@@ -42,13 +43,16 @@ def test_normal_scores_z_on_fine_bins_equals_the_van_der_waerden_statistic_on_ra
     a = np.round(rng.normal(size=3000), 2)  # ties, which the mid-ranks must handle
     b = np.round(rng.normal(loc=shift, size=1200), 2)
     ca, cb = _counts_on_all_points(a, b)
-    z = score_z_rows(ca[None].astype(float), cb[None].astype(float))[0]
+    z, z_scale = (v[0] for v in rank_z_rows(ca[None].astype(float), cb[None].astype(float)))
     pooled = np.concatenate([a, b])
-    scores = stats.norm.ppf(stats.rankdata(pooled) / (len(pooled) + 1))
-    centred = scores - scores.mean()
     m, n, total = len(a), len(b), len(pooled)
-    expected = centred[m:].sum() / math.sqrt(n * m / (total * (total - 1)) * (centred**2).sum())
-    assert z == pytest.approx(expected, rel=1e-9)
+    for got, scores in (
+        (z, stats.norm.ppf(stats.rankdata(pooled) / (total + 1))),
+        (z_scale, np.abs(stats.norm.ppf(stats.rankdata(pooled) / (total + 1)))),
+    ):
+        centred = scores - scores.mean()
+        expected = centred[m:].sum() / math.sqrt(n * m / (total * (total - 1)) * (centred**2).sum())
+        assert got == pytest.approx(expected, rel=1e-9)
     if shift >= 0.1:
         assert z > 2  # the window sits higher (expected z: 2.9 at +0.1, 8.8 at +0.3)
 
@@ -59,8 +63,29 @@ def test_normal_scores_z_is_standard_normal_under_the_null() -> None:
     edges = np.quantile(rng.normal(size=100_000), np.arange(1, 20) / 20)
     ref = np.stack([np.bincount(np.searchsorted(edges, rng.normal(size=500)), minlength=20) for _ in range(4000)])
     win = np.stack([np.bincount(np.searchsorted(edges, rng.normal(size=300)), minlength=20) for _ in range(4000)])
-    z = score_z_rows(ref.astype(float), win.astype(float))
-    assert abs(z.mean()) < 0.07 and abs(z.var() - 1) < 0.1
+    for z in rank_z_rows(ref.astype(float), win.astype(float)):
+        assert abs(z.mean()) < 0.07 and abs(z.var() - 1) < 0.1
+
+
+def test_a_wider_window_moves_the_scale_z_and_not_the_location_z() -> None:
+    rng = np.random.default_rng(4)
+    edges = np.quantile(rng.normal(size=100_000), np.arange(1, 20) / 20)
+    ref = np.bincount(np.searchsorted(edges, rng.normal(size=10_000)), minlength=20).astype(float)
+    win = np.bincount(np.searchsorted(edges, rng.normal(scale=1.3, size=2_000)), minlength=20).astype(float)
+    z, z_scale = (v[0] for v in rank_z_rows(ref[None], win[None]))
+    assert abs(z) < 3 and z_scale > 8
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.3])
+def test_binned_ks_is_conservative_against_scipy_on_the_raw_values(shift: float) -> None:
+    rng = np.random.default_rng(2)
+    a = rng.normal(size=5000)
+    b = rng.normal(loc=shift, size=2000)
+    edges = np.quantile(a, np.arange(1, 20) / 20)
+    ca = np.bincount(np.searchsorted(edges, a, side="right"), minlength=20).astype(float)
+    cb = np.bincount(np.searchsorted(edges, b, side="right"), minlength=20).astype(float)
+    exact = stats.ks_2samp(a, b, method="asymp")
+    assert ks_rows(ca[None], cb[None])[0] >= stats.kstwobign.sf(math.sqrt(5000 * 2000 / 7000) * exact.statistic)
 
 
 def test_row_functions_agree_with_their_one_feature_forms() -> None:

@@ -78,6 +78,16 @@ class DriftCollector(Collector):
                 "Normal-scores location test p-value (numeric features).",
                 labels=FEATURE_LABELS,
             ),
+            "scale_p": g(
+                "gateway_drift_scale_pvalue",
+                "Normal-scores scale test p-value (numeric features).",
+                labels=FEATURE_LABELS,
+            ),
+            "ks_p": g(
+                "gateway_drift_ks_pvalue",
+                "Binned Kolmogorov-Smirnov p-value (numeric features).",
+                labels=FEATURE_LABELS,
+            ),
             "chi2_p": g("gateway_drift_chi2_pvalue", "Chi-square homogeneity p-value.", labels=FEATURE_LABELS),
             "novel_p": g("gateway_drift_novelty_pvalue", "Novelty test p-value.", labels=FEATURE_LABELS),
             "novel": g(
@@ -125,6 +135,10 @@ class DriftCollector(Collector):
                 per_feature["p"].add_metric(fl, f.pvalue)
                 if f.location_pvalue is not None:
                     per_feature["location_p"].add_metric(fl, f.location_pvalue)
+                if f.scale_pvalue is not None:
+                    per_feature["scale_p"].add_metric(fl, f.scale_pvalue)
+                if f.ks_pvalue is not None:
+                    per_feature["ks_p"].add_metric(fl, f.ks_pvalue)
                 per_feature["chi2_p"].add_metric(fl, f.chi2_pvalue)
                 per_feature["novel_p"].add_metric(fl, f.novel_pvalue)
                 per_feature["novel"].add_metric(fl, f.novel_share)

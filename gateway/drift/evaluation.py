@@ -1,20 +1,24 @@
 """One window's verdict: one test per feature, Benjamini-Hochberg across the window's features, the effect gate, and
 the persistence rule that turns window verdicts into a version's drifting state.
 
-Each feature's p-value is the Cauchy combination (gateway/drift/statistics.py) of up to three tests, weighted by
-what each is for:
-- location (numeric, 0.6): the normal-scores test on the bins, the most efficient rank test of a shift;
-- shape (0.3 numeric, 0.9 categorical): the chi-square of homogeneity on the slots the reference has mass in, after
-  merging slots until both rows expect 5 (the reference's own noise counts as much as the window's);
-- novelty (0.1): values where the reference has (almost) no mass: beyond its range (exact null for a finite
-  reference), in OTHER (Good-Turing: the reference's singletons foretell how often unseen categories turn up),
-  newly missing. One-sided per slot, the smallest times the slot count.
-The joint monitor's reconstruction error, when on, is one more feature: location one-sided (only growing errors are
-drift, 0.9) and beyond-range (0.1).
+Each feature's p-value is the weighted minimum (Bonferroni with weights; valid whatever the tests' dependence) of
+the tests that suit its kind (weights below):
+- location (numeric): the normal-scores rank test on the bins, the most efficient rank test of a shift;
+- scale (numeric): the same scores' absolute values, for a wider or narrower window;
+- KS (continuous numeric): the largest CDF gap, for any other change of shape;
+- chi-square (categories, and integer columns binned by value): homogeneity on the slots the reference has mass
+  in, after merging slots until both rows expect 5 (the reference's own noise counts as much as the window's), and
+  pooling categories whose presence in the profile may be luck;
+- novelty: values where the reference has (almost) no mass: beyond its range (exact null for a finite reference),
+  in OTHER (Good-Turing: the reference's singletons foretell how often unseen categories turn up), one value
+  standing out in OTHER (a new category), newly missing. One-sided per slot, the smallest times the slot count.
+The joint monitor's reconstruction error, when on, is one more feature: location one-sided (only growing errors
+are drift) and beyond-range.
 
 A feature drifts when BH at `alpha` rejects its test and its effect passes a gate: the JS distance with its null
 expectation removed (`min_js_distance`), or the novelty slot's share above what the reference foretells
-(`min_novel_share`).
+(`min_novel_share`). The weights were chosen on benchmarks/drift_quality.py's grid: every cell at or under 1 % false
+alarms, and the most power left for a shift.
 """
 
 from __future__ import annotations
@@ -38,21 +42,27 @@ from gateway.drift.statistics import (
     chi2_contingency,
     chi2_rows,
     js_corrected_rows,
+    ks_rows,
     novelty_pvalues,
     pool_for_both,
     psi_rows,
-    score_z_rows,
+    rank_z_rows,
     weighted_minimum,
 )
 
 Floats = npt.NDArray[np.float64]
 
-# (location, shape, novelty) weights of the Cauchy combination. Location leads for numeric features since a shift
-# is what most drift is and the test is the most efficient for it; a novelty signal is either absent or
-# overwhelming (p-values of 1e-10 and below), so a small weight costs it nothing.
-NUMERIC_WEIGHTS = (0.6, 0.3, 0.1)
-CATEGORICAL_WEIGHTS = (0.0, 0.9, 0.1)
-JOINT_WEIGHTS = (0.9, 0.0, 0.1)
+# Weights of (location, scale, KS, chi-square, novelty). Location leads for numeric features since a shift is what
+# most drift is and its test is the most efficient one; a novelty signal is either absent or overwhelming (p-values
+# of 1e-10 and below), so a small weight costs it nothing. The chi-square judges slots fixed in advance (categories,
+# an integer column's values) and not a continuous column's quantile bins: those are the reference's own order
+# statistics, so the reference row is not the multinomial sample the test assumes, and with a window 10 times the
+# reference the chi-square's tail at 1e-4 is 3 to 8 times too heavy (benchmarks/drift_quality.py); the rank tests
+# and KS are sums and maxima of the same cells and stay calibrated.
+QUANTILE_WEIGHTS = (0.6, 0.2, 0.15, 0.0, 0.05)
+VALUE_WEIGHTS = (0.4, 0.1, 0.0, 0.45, 0.05)
+CATEGORICAL_WEIGHTS = (0.0, 0.0, 0.0, 0.95, 0.05)
+JOINT_WEIGHTS = (0.95, 0.0, 0.0, 0.0, 0.05)
 MIN_EXPECTED = 5.0  # per cell of the chi-square table, on both rows
 
 
@@ -64,6 +74,8 @@ class FeatureResult:
     psi: float
     js_distance: float  # null expectation removed (0: indistinguishable from noise)
     location_pvalue: float | None  # numeric features only
+    scale_pvalue: float | None
+    ks_pvalue: float | None
     chi2_pvalue: float
     novel_share: float  # window share in the novelty slot above what the reference foretells
     novel_pvalue: float
@@ -80,6 +92,8 @@ class FeatureResult:
             "psi": self.psi,
             "js_distance": self.js_distance,
             "location_pvalue": self.location_pvalue,
+            "scale_pvalue": self.scale_pvalue,
+            "ks_pvalue": self.ks_pvalue,
             "chi2_pvalue": self.chi2_pvalue,
             "novel_share": self.novel_share,
             "novel_pvalue": self.novel_pvalue,
@@ -133,12 +147,18 @@ class Reference:
         self.present = self.counts.sum(axis=1)
         self.missing = np.asarray([f.missing for f in features], dtype=np.float64)
         self.has_mass = self.counts > 0
-        weights = np.where(self.numeric[:, None], NUMERIC_WEIGHTS, CATEGORICAL_WEIGHTS)
+        by_value = np.asarray([f.by_value for f in features], dtype=np.bool_)
+        weights = np.where(by_value[:, None], VALUE_WEIGHTS, QUANTILE_WEIGHTS)
+        weights = np.where(self.numeric[:, None], weights, CATEGORICAL_WEIGHTS)
         self.weights = np.where(self.joint[:, None], JOINT_WEIGHTS, weights)
         # OTHER's reference hits under the null: its count plus Good-Turing's unseen mass (singletons / m).
         other = self.counts[np.arange(len(features)), self.last]
         self.other_hits = np.where(self.numeric, 0.0, other + np.asarray([_singletons(f) for f in features]))
-        self.novelty_slots = np.where(self.numeric, 3.0, 2.0)
+        # The most any one value in OTHER can have had in the reference: 0 if the profile kept every category it
+        # saw, else at most the smallest kept count (the profile kept the most frequent).
+        kept_min = np.asarray([min(f.counts[:-1], default=0) for f in features], dtype=np.float64)
+        self.cut = np.where(self.numeric | (other <= 0), 0.0, kept_min)
+        self.novelty_slots = np.full(len(features), 3.0)
 
 
 def _singletons(feature: FeatureProfile) -> float:
@@ -150,11 +170,15 @@ def _singletons(feature: FeatureProfile) -> float:
 
 
 def _window_matrix(reference: Reference, counts: Sequence[SlotCounts]) -> tuple[Floats, Floats]:
+    """The window's slot counts as a matrix, and per feature (missing, below, above, the most frequent OTHER value's
+    count, how many distinct values OTHER may hold)."""
     slots = np.zeros_like(reference.counts)
-    extra = np.empty((len(counts), 3), dtype=np.float64)
+    extra = np.zeros((len(counts), 5), dtype=np.float64)
     for i, c in enumerate(counts):
         slots[i, : len(c.slots)] = c.slots
-        extra[i] = (c.missing, c.below, c.above)
+        extra[i, :3] = (c.missing, c.below, c.above)
+        if c.unseen:
+            extra[i, 3:] = (max(c.unseen.values()), len(c.unseen) + c.untracked)
     return slots, extra
 
 
@@ -213,20 +237,23 @@ def _novelty(reference: Reference, window: Floats, extra: Floats) -> tuple[Float
     present_w = window.sum(axis=1)
     present_r = reference.present
     numeric = reference.numeric
-    # Slot columns: 0 missing, 1 below (numeric) or OTHER (categorical), 2 above (numeric).
+    # Slot columns: 0 missing; 1 below (numeric) or OTHER (categorical); 2 above (numeric) or the most frequent
+    # single value in OTHER (categorical: one new category at 5 % stands out of a long tail of rare ones, whose
+    # values each come a few times; its reference count was at most the cut, so the test is exact or conservative,
+    # times the number of values it was the largest of).
     hits_w = np.zeros((rows, 3))
     total_w = np.zeros((rows, 3))
     hits_w[:, 0], total_w[:, 0] = extra[:, 0], present_w + extra[:, 0]
     other_w = window[np.arange(rows), reference.last]
     hits_w[:, 1] = np.where(numeric, extra[:, 1], other_w)
-    hits_w[:, 2] = np.where(numeric, extra[:, 2], 0.0)
+    hits_w[:, 2] = np.where(numeric, extra[:, 2], extra[:, 3])
     total_w[:, 1] = total_w[:, 2] = present_w
     with np.errstate(divide="ignore", invalid="ignore"):
         null_share = np.stack(
             [
                 reference.missing / (present_r + reference.missing),
                 np.where(numeric, 1.0 / (present_r + 1.0), reference.other_hits / present_r),
-                np.where(numeric, 1.0 / (present_r + 1.0), 0.0),
+                np.where(numeric, 1.0 / (present_r + 1.0), reference.cut / present_r),
             ],
             axis=1,
         )
@@ -234,18 +261,20 @@ def _novelty(reference: Reference, window: Floats, extra: Floats) -> tuple[Float
         excess = share_w - np.where(np.isfinite(null_share), null_share, 0.0)
     pvalues = np.ones((rows, 3))
     beyond = np.zeros((rows, 3), dtype=np.bool_)
-    beyond[:, 1:] = numeric[:, None]
+    beyond[:, 1] = numeric
+    beyond[:, 2] = numeric | (reference.cut <= 0)
     beyond &= hits_w > 0
     if beyond.any():
         reference_rows = np.broadcast_to(present_r[:, None], (rows, 3))
         pvalues[beyond] = beyond_pvalues(hits_w[beyond], total_w[beyond], reference_rows[beyond])
-    null_hits = np.stack([reference.missing, np.where(numeric, 0.0, reference.other_hits), np.zeros(rows)], axis=1)
+    null_hits = np.stack([reference.missing, np.where(numeric, 0.0, reference.other_hits), reference.cut], axis=1)
     null_total = np.stack([present_r + reference.missing, present_r, present_r], axis=1)
     # The exact hypergeometric tail where the reference has hits too, only where the window's share is above the
     # reference's (elsewhere the p-value is at least about one half; 1 is conservative and the common case).
     counted = ~beyond & (hits_w > 0) & (excess > 0)
     if counted.any():
         pvalues[counted] = novelty_pvalues(null_hits[counted], null_total[counted], hits_w[counted], total_w[counted])
+    pvalues[:, 2] = np.where(numeric, pvalues[:, 2], np.minimum(pvalues[:, 2] * np.maximum(extra[:, 4], 1.0), 1.0))
     best = np.argmin(pvalues, axis=1)
     index = np.arange(rows)
     return np.minimum(pvalues[index, best] * reference.novelty_slots, 1.0), excess[index, best]
@@ -270,16 +299,18 @@ def evaluate_window(
     if not features:
         return WindowResult(index, 0, evaluated_at, ())
     window, extra = _window_matrix(reference, counts)
-    z = score_z_rows(reference.counts, window)
+    z_location, z_scale = rank_z_rows(reference.counts, window)
     # Student's t on the smaller side's degrees of freedom: with a reference of 50-90 rows the score sum's tail is
     # heavier than the normal's at the p-values BH needs (about 1e-4); at thousands of rows this is the normal.
     dof = np.maximum(np.minimum(reference.present, window.sum(axis=1)) - 1.0, 1.0)
-    upper = special.stdtr(dof, -np.abs(z))
-    location = np.where(reference.joint, np.where(z > 0, upper, 1.0 - upper), 2.0 * upper)
+    upper = special.stdtr(dof, -np.abs(z_location))
+    location = np.where(reference.joint, np.where(z_location > 0, upper, 1.0 - upper), 2.0 * upper)
     location = np.where(reference.numeric, location, 1.0)
+    scale = np.where(reference.numeric, 2.0 * special.stdtr(dof, -np.abs(z_scale)), 1.0)
+    ks = np.where(reference.numeric, ks_rows(reference.counts, window), 1.0)
     shape = _shape_pvalues(reference, window)
     novel_p, novel_share = _novelty(reference, window, extra)
-    combined = weighted_minimum(np.stack([location, shape, novel_p], axis=1), reference.weights)
+    combined = weighted_minimum(np.stack([location, scale, ks, shape, novel_p], axis=1), reference.weights)
     rejected = benjamini_hochberg(combined, settings.alpha)
     js = js_corrected_rows(reference.counts, window)
     psi = psi_rows(reference.counts, window)
@@ -293,6 +324,8 @@ def evaluate_window(
         psi.tolist(),
         js.tolist(),
         location.tolist(),
+        scale.tolist(),
+        ks.tolist(),
         reference.numeric.tolist(),
         shape.tolist(),
         novel_share.tolist(),
@@ -305,8 +338,24 @@ def evaluate_window(
         strict=True,
     )
     results = tuple(
-        FeatureResult(f.name, f.source, f.kind, ps, j, lp if num else None, cp, ns, nvp, p, mr if r else math.nan, g, d)
-        for f, ps, j, lp, num, cp, ns, nvp, p, mr, r, g, d in columns
+        FeatureResult(
+            f.name,
+            f.source,
+            f.kind,
+            ps,
+            j,
+            lp if num else None,
+            sp if num else None,
+            kp if num else None,
+            cp,
+            ns,
+            nvp,
+            p,
+            mr if r else math.nan,
+            g,
+            d,
+        )
+        for f, ps, j, lp, sp, kp, num, cp, ns, nvp, p, mr, r, g, d in columns
     )
     return WindowResult(index, int(rows[0]), evaluated_at, results)
 

@@ -6,10 +6,9 @@ that subspace. When a correlation flips sign, rows leave the subspace the refere
 while every marginal distribution stays the same.
 
 The error is then one more numeric column: binned at its reference quantiles, and tested against the window's
-errors like any feature (one-sided: only growing errors are drift). The reference errors are cross-fitted (each
-row's error from a PCA fitted without it), because in-sample errors are optimistic (the PCA has fitted their noise)
-and a window of new rows would look worse than the reference by construction. Cross-fitted errors come from PCAs
-fitted on 90 % of the rows, so they are, if anything, slightly larger than a window's: the test errs toward silence.
+errors like any feature (one-sided: only growing errors are drift). Half the reference fits the model and the other
+half gives the reference errors (see build_joint), so the test is exact however good the model is; a poor model
+only costs power.
 """
 
 from __future__ import annotations
@@ -27,8 +26,7 @@ Floats = npt.NDArray[np.float64]
 
 NAME = "joint:reconstruction_error"  # the pseudo-feature's name in results and exports
 VARIANCE = 0.65  # share of the standardised variance the kept components explain (NannyML's default)
-FOLDS = 10
-MIN_ROWS_PER_FEATURE = 5  # fewer reference rows than this per numeric input: the PCA is too noisy to judge with
+MIN_ROWS_PER_FEATURE = 10  # fewer reference rows than this per numeric input: the PCA is too noisy to be of use
 MIN_ROWS = 100
 
 
@@ -103,31 +101,31 @@ def build_joint(names: Sequence[str], columns: Sequence[Floats], bins: int) -> J
     rows = len(matrix)
     if rows < max(MIN_ROWS, MIN_ROWS_PER_FEATURE * width):
         return None
-    center = np.nanmean(matrix, axis=0)
-    scale = np.nanstd(matrix, axis=0)
+    # Split the reference: one half fits the standardisation and the PCA, the other half's errors under that very
+    # model are the reference errors. A window's rows are measured with the same model, so under the null both
+    # sides' errors are exchangeable and the test is exact. (Errors of the rows the model was fitted on are
+    # optimistic; cross-fitted ones come from other models than the window's, and one model's luck, shared by
+    # every window, then reads as drift in all of them.) Seeded: a rebuild from the same data is the same profile.
+    fit = np.zeros(rows, dtype=np.bool_)
+    fit[np.random.default_rng(0).permutation(rows)[: rows // 2]] = True
+    center = np.nanmean(matrix[fit], axis=0)
+    scale = np.nanstd(matrix[fit], axis=0)
     scale[~(scale > 0)] = 1.0  # a constant column standardises to 0 and adds nothing
-    z = _standardise(matrix, center, scale)
-    gram = z.T @ z
-    axes, variance = _axes(gram, width)
+    z = _standardise(matrix[fit], center, scale)
+    axes, variance = _axes(z.T @ z, width)
     share = np.cumsum(variance) / variance.sum()
     keep = int(np.searchsorted(share, VARIANCE) + 1)
     if keep >= width:
         return None
-    # Cross-fitted errors: fold f's rows measured against axes fitted on the other folds (seeded, so a rebuild
-    # from the same data gives the same profile).
-    fold = np.random.default_rng(0).permutation(rows) % FOLDS
-    held_out = np.empty(rows, dtype=np.float64)
-    for f in range(FOLDS):
-        inside = fold == f
-        part = z[inside]
-        held_out[inside] = _errors(part, _axes(gram - part.T @ part, keep)[0])
+    axes = axes[:keep]
+    held_out = _errors(_standardise(matrix[~fit], center, scale), axes)
     present = np.sort(held_out)
     edges = quantile_edges(present, bins)
     return JointProfile(
         tuple(names),
         tuple(float(v) for v in center),
         tuple(float(v) for v in scale),
-        tuple(tuple(float(v) for v in row) for row in axes[:keep]),
+        tuple(tuple(float(v) for v in row) for row in axes),
         float(share[keep - 1]),
         tuple(float(e) for e in edges),
         tuple(int(c) for c in count_sorted(present, edges)),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from gateway.drift.collector import DriftCollector
 from gateway.drift.counting import WindowCounter
 from gateway.drift.evaluation import Persistence, Reference, WindowResult, evaluate_window
-from gateway.drift.profile import FeatureProfile, Profile, SlotCounts
+from gateway.drift.profile import UNSEEN_TRACKED, FeatureProfile, Profile, SlotCounts
 from gateway.drift.sampler import Arrays, DriftKey, DriftSampler, Sample
 from gateway.drift.settings import DriftSettings
 from gateway.webhook import Webhook
@@ -82,15 +83,28 @@ class _Window:
     def __init__(self, features: tuple[FeatureProfile, ...]) -> None:
         self.slots = [np.zeros(len(f.counts), dtype=np.int64) for f in features]
         self.extra = np.zeros((len(features), 3), dtype=np.int64)
+        self.unseen: list[Counter[object] | None] = [None if f.kind == "numeric" else Counter() for f in features]
+        self.untracked = [0] * len(features)
         self.rows = 0
         self.opened_at: float | None = None  # when its first rows were binned (the time cap counts from there)
 
     def add(self, i: int, counts: SlotCounts) -> None:
         self.slots[i] += counts.slots
         self.extra[i] += (counts.missing, counts.below, counts.above)
+        unseen = self.unseen[i]
+        if unseen is not None and counts.unseen:
+            unseen.update(counts.unseen)
+            self.untracked[i] += counts.untracked
+            if len(unseen) > 2 * UNSEEN_TRACKED:  # bounded: keep the most frequent, count the rest as untracked
+                kept = dict(unseen.most_common(UNSEEN_TRACKED))
+                self.untracked[i] += sum(unseen.values()) - sum(kept.values())
+                self.unseen[i] = Counter(kept)
 
     def counts(self) -> list[SlotCounts]:
-        return [SlotCounts(s, int(e[0]), int(e[1]), int(e[2])) for s, e in zip(self.slots, self.extra, strict=True)]
+        return [
+            SlotCounts(s, int(e[0]), int(e[1]), int(e[2]), u, t)
+            for s, e, u, t in zip(self.slots, self.extra, self.unseen, self.untracked, strict=True)
+        ]
 
 
 class _Version:

@@ -32,6 +32,7 @@ from gateway.signature import Signature, TensorSpec
 
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = frozenset({1, 2})
+UNSEEN_TRACKED = 256  # distinct OTHER values a window counts one by one, per feature
 RARE_LEVELS = 5  # an integer value seen fewer times than this gets no bin of its own; rare_levels counts up to it
 PROFILE_FILENAME = "profile.json"
 
@@ -76,6 +77,10 @@ class SlotCounts:
     missing: int
     below: int  # numeric only: under the reference minimum
     above: int  # numeric only: over the reference maximum
+    # Categorical only: the values counted in OTHER, each with its count (at most UNSEEN_TRACKED distinct; the
+    # rest of OTHER is in `untracked`). One new category at 5 % is a spike among them that a long tail is not.
+    unseen: Mapping[object, int] | None = None
+    untracked: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +98,7 @@ class FeatureProfile:
     mean: float = math.nan
     std: float = math.nan
     categories: tuple[Category, ...] = ()
+    by_value: bool = False  # numeric: one bin per distinct value (integers) rather than quantile bins
     # How many categories the reference held exactly 1, 2, ... RARE_LEVELS times, kept or in OTHER (None: a
     # version-1 profile, which did not record it). Good-Turing estimates from these how much of new data falls in
     # categories the reference never saw (singletons / rows; gateway/drift/evaluation.py).
@@ -145,7 +151,8 @@ class FeatureProfile:
         else:
             idx = np.full(len(present), other, dtype=np.int64)
         slots = np.bincount(idx, minlength=other + 1).astype(np.int64)
-        return SlotCounts(slots, len(x) - len(present), 0, 0)
+        unseen, untracked = _tally(present[idx == other].tolist()) if slots[other] else ({}, 0)
+        return SlotCounts(slots, len(x) - len(present), 0, 0, unseen, untracked)
 
     def _count_labels(self, values: npt.NDArray[Any]) -> SlotCounts:
         get = self._codes.get
@@ -157,7 +164,12 @@ class FeatureProfile:
         except TypeError:  # an unhashable value: OTHER too
             codes = [get(v, other) if isinstance(v, str | bytes | None) else other for v in items]
         both = np.bincount(np.asarray(codes, dtype=np.int64), minlength=other + 2).astype(np.int64)
-        return SlotCounts(both[: other + 1].copy(), int(both[other + 1]), 0, 0)
+        unseen: dict[object, int] = {}
+        untracked = 0
+        if both[other]:
+            strays = [v for v, c in zip(items, codes, strict=True) if c == other]
+            unseen, untracked = _tally([v if isinstance(v, str | bytes) else repr(v) for v in strays])
+        return SlotCounts(both[: other + 1].copy(), int(both[other + 1]), 0, 0, unseen, untracked)
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -171,10 +183,21 @@ class FeatureProfile:
         }
         if self.kind == "numeric":
             data.update(edges=list(self.edges), min=self.minimum, max=self.maximum, mean=self.mean, std=self.std)
+            data["binning"] = "value" if self.by_value else "quantile"
         else:
             data["categories"] = list(self.categories)
             data["rare_levels"] = None if self.rare_levels is None else list(self.rare_levels)
         return data
+
+
+def _tally(values: list[Any]) -> tuple[dict[object, int], int]:
+    """Counts of the distinct `values`, at most UNSEEN_TRACKED of them (the most frequent), and how many values
+    were left out."""
+    tally = Counter(values)
+    if len(tally) <= UNSEEN_TRACKED:
+        return dict(tally), 0
+    kept = dict(tally.most_common(UNSEEN_TRACKED))
+    return kept, len(values) - sum(kept.values())
 
 
 def _count_sorted(
@@ -363,6 +386,7 @@ def _numeric(
         maximum,
         float(present.mean()),
         float(present.std()),
+        by_value=by_value,
     )
 
 
@@ -467,8 +491,19 @@ def parse_profile(data: Any) -> Profile:
             edges = tuple(float(e) for e in f["edges"])
             if len(f["counts"]) != len(edges) + 1 or list(edges) != sorted(set(edges)):
                 raise ProfileError(f"feature {f['name']!r}: edges and counts do not match")
+            binning = f.get("binning", "quantile")
+            if binning not in ("quantile", "value"):
+                raise ProfileError(f"feature {f['name']!r}: binning must be quantile or value")
             features.append(
-                FeatureProfile(*common, edges, float(f["min"]), float(f["max"]), float(f["mean"]), float(f["std"]))
+                FeatureProfile(
+                    *common,
+                    edges,
+                    float(f["min"]),
+                    float(f["max"]),
+                    float(f["mean"]),
+                    float(f["std"]),
+                    by_value=binning == "value",
+                )
             )
         else:
             categories = tuple(c if isinstance(c, str) else float(c) for c in f["categories"])

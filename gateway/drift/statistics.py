@@ -50,14 +50,15 @@ def js_distance(reference: npt.NDArray[Any], window: npt.NDArray[Any]) -> float:
     return math.sqrt(max(divergence, 0.0) / math.log(2.0))
 
 
-def score_z_rows(reference: Floats, window: Floats) -> Floats:
-    """Van der Waerden normal-scores test of location on ordered bins, per row: the z of the window's score sum.
+def rank_z_rows(reference: Floats, window: Floats) -> tuple[Floats, Floats]:
+    """Normal-scores rank tests on ordered bins, per row: (location z, scale z) of the window's score sums.
 
-    Every value gets the normal score of its bin's mid-rank in the pooled sample; under the null the window's score
-    sum has the permutation mean and variance below whatever the bins' shapes (ties included), so the z is valid on
-    binned data. Its Pitman efficiency against the t-test is 1 for normal data and at least 1 for every other shape
-    (Chernoff-Savage), where KS has 0.64 and Mann-Whitney 0.95. Positive z: the window sits higher. 0 where a row
-    has no variance (one occupied bin, or an empty side).
+    Every value gets the normal score s of its bin's mid-rank in the pooled sample. Location sums s (van der
+    Waerden: Pitman efficiency 1 against the t-test for normal data and at least 1 for every other shape, where KS
+    has 0.64 and Mann-Whitney 0.95); scale sums |s| (how far out the window's values sit; its squared cousin, Klotz's
+    s^2, is more efficient but so skewed that a small reference false-alarms at the p-values BH needs). Each z is
+    the sum centred and divided by its permutation standard deviation, valid on binned data and ties. Positive:
+    the window sits higher, or spreads wider. 0 where a row has no variance (one occupied bin, an empty side).
     """
     column = reference + window
     m = reference.sum(axis=1)
@@ -67,12 +68,28 @@ def score_z_rows(reference: Floats, window: Floats) -> Floats:
         rank = np.cumsum(column, axis=1) - (column - 1.0) / 2.0
         score = special.ndtri(rank / (total[:, None] + 1.0))
         score = np.where(column > 0, score, 0.0)
-        mean = (column * score).sum(axis=1) / total
-        deviation = score - mean[:, None]
-        statistic = (window * deviation).sum(axis=1)
-        variance = n * m / (total * (total - 1.0)) * (column * deviation**2).sum(axis=1)
-        z = statistic / np.sqrt(variance)
-    return np.where(variance > 0, z, 0.0)
+        spread = n * m / (total * (total - 1.0))
+        out = []
+        for values in (score, np.abs(score)):
+            deviation = values - ((column * values).sum(axis=1) / total)[:, None]
+            variance = spread * (column * deviation**2).sum(axis=1)
+            z = (window * deviation).sum(axis=1) / np.sqrt(variance)
+            out.append(np.where(variance > 0, z, 0.0))
+    return out[0], out[1]
+
+
+def ks_rows(reference: Floats, window: Floats) -> Floats:
+    """Two-sample Kolmogorov-Smirnov p-value per row from the CDF gaps at the bin edges (Kolmogorov's limit).
+
+    The largest gap at the edges is at most the raw values' D, so the p-value is conservative; it stays so when the
+    bins are the reference's own quantiles, which is where the chi-square does not (see evaluation.py)."""
+    m = reference.sum(axis=1)
+    n = window.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gap = np.abs(np.cumsum(reference, axis=1) / m[:, None] - np.cumsum(window, axis=1) / n[:, None])
+        d = gap.max(axis=1)
+        p = special.kolmogorov(np.sqrt(m * n / (m + n)) * d)
+    return np.where((m > 0) & (n > 0), p, 1.0)
 
 
 def chi2_rows(reference: Floats, window: Floats, keep: npt.NDArray[np.bool_]) -> tuple[Floats, Floats]:
@@ -131,24 +148,6 @@ def psi_rows(reference: Floats, window: Floats, floor: float = PSI_FLOOR) -> Flo
         q = np.maximum(window / n[:, None], floor)
         value = np.sum((q - p) * np.log(q / p), axis=1)
     return np.where((m > 0) & (n > 0), value, 0.0)
-
-
-# A p-value of exactly 1 (nothing in a novelty slot, the usual case) is -infinity on the Cauchy scale and would
-# cancel any evidence it is combined with; p-values are capped here first (Liu & Xie 2020 do the same).
-CAUCHY_CAP = 0.99
-
-
-def cauchy_combination(pvalues: Floats, weights: Floats) -> Floats:
-    """Cauchy combination (ACAT, Liu & Xie 2020) of each row's p-values with the row's weights (summing to 1).
-
-    Valid under any dependence between the combined tests, with a tail close to the smallest p-value's divided by
-    its weight: one strong test is not diluted by weak ones, and several moderate ones add up.
-    """
-    p = np.clip(pvalues, 1e-300, CAUCHY_CAP)
-    # tan((0.5 - p) pi) loses all precision for p below ~1e-16; 1 / (p pi) is its limit there.
-    t = np.where(p < 1e-15, 1.0 / (p * math.pi), np.tan((0.5 - p) * math.pi))
-    combined = (weights * t).sum(axis=1)
-    return np.asarray(np.arctan2(1.0, combined) / math.pi, dtype=np.float64)
 
 
 def weighted_minimum(pvalues: Floats, weights: Floats) -> Floats:
