@@ -265,9 +265,11 @@ def test_the_shifted_set_fails_data_quality_on_the_shifted_features(demo: dict[i
     settings = Validation(golden_set=SHIFTED_CSV, label_column="target")
     report = validate(demo[2], demo[1], settings, profile=profile_of(demo[2], 2))
     check = report.check("data_quality")
-    assert check is not None and check.verdict == "fail" and check.value == 4.0
+    # The four shifted features, and the joint monitor (the shifted rows leave the reference's principal subspace).
+    assert check is not None and check.verdict == "fail" and check.value == 5.0
     for name in ("concave points error", "fractal dimension error", "worst compactness", "worst concavity"):
         assert name in check.detail
+    assert "joint:reconstruction_error" in check.detail
     assert [c.name for c in report.failures()] == ["data_quality"]
 
 

@@ -237,7 +237,7 @@ def _summary(profile: Profile, out: Path) -> str:
             f"({joint.explained:.0%} of the variance); reconstruction error in {len(joint.counts)} bins"
         )
     elif profile.options.joint:
-        lines.append("  joint monitor: none (needs 2+ numeric inputs and 100+ rows, 5 per input)")
+        lines.append("  joint monitor: none (needs 2+ numeric inputs and 100+ rows, 10 per input)")
     return "\n".join(lines)
 
 

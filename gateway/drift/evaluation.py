@@ -59,7 +59,7 @@ Floats = npt.NDArray[np.float64]
 # statistics, so the reference row is not the multinomial sample the test assumes, and with a window 10 times the
 # reference the chi-square's tail at 1e-4 is 3 to 8 times too heavy (benchmarks/drift_quality.py); the rank tests
 # and KS are sums and maxima of the same cells and stay calibrated.
-QUANTILE_WEIGHTS = (0.6, 0.2, 0.15, 0.0, 0.05)
+QUANTILE_WEIGHTS = (0.75, 0.1, 0.1, 0.0, 0.05)
 VALUE_WEIGHTS = (0.4, 0.1, 0.0, 0.45, 0.05)
 CATEGORICAL_WEIGHTS = (0.0, 0.0, 0.0, 0.95, 0.05)
 JOINT_WEIGHTS = (0.95, 0.0, 0.0, 0.0, 0.05)
