@@ -14,13 +14,12 @@ from gateway.drift.statistics import (
     beyond_pvalues,
     chi2_contingency,
     chi2_rows,
-    js_corrected_rows,
+    effect_rows,
     js_distance,
     ks_rows,
     novelty_pvalues,
     pool_for_both,
     psi,
-    psi_rows,
     rank_z_rows,
     weighted_minimum,
 )
@@ -99,7 +98,7 @@ def test_row_functions_agree_with_their_one_feature_forms() -> None:
         stat_i, _, p_i = chi2_contingency(ref[i], win[i])
         assert statistic[i] == pytest.approx(stat_i, rel=1e-9)
         assert p_i <= p[i] < min(1.0, 1.5 * p_i + 1e-12)  # Williams' correction: a little larger, never smaller
-        assert psi_rows(ref, win)[i] == pytest.approx(psi(ref[i], win[i]), rel=1e-9)
+        assert effect_rows(ref, win)[1][i] == pytest.approx(psi(ref[i], win[i]), rel=1e-9)
 
 
 def test_williams_correction_fades_with_large_counts() -> None:
@@ -123,8 +122,8 @@ def test_corrected_js_removes_the_noise_of_the_sample_sizes() -> None:
 
     for n in (500, 2000):
         ref = np.stack([counts(10_000) for _ in range(200)])
-        noise = js_corrected_rows(ref, np.stack([counts(n) for _ in range(200)]))
-        shifted = js_corrected_rows(ref, np.stack([counts(n, 0.2) for _ in range(200)]))
+        noise = effect_rows(ref, np.stack([counts(n) for _ in range(200)]))[0]
+        shifted = effect_rows(ref, np.stack([counts(n, 0.2) for _ in range(200)]))[0]
         raw = np.array([js_distance(r, w) for r, w in zip(ref, np.stack([counts(n) for _ in range(200)]), strict=True)])
         assert np.median(noise) == 0.0 and np.median(raw) > 0.04
         assert 0.07 < np.median(shifted) < 0.095

@@ -139,7 +139,8 @@ class DriftCollector(Collector):
                     per_feature["scale_p"].add_metric(fl, f.scale_pvalue)
                 if f.ks_pvalue is not None:
                     per_feature["ks_p"].add_metric(fl, f.ks_pvalue)
-                per_feature["chi2_p"].add_metric(fl, f.chi2_pvalue)
+                if f.chi2_pvalue is not None:
+                    per_feature["chi2_p"].add_metric(fl, f.chi2_pvalue)
                 per_feature["novel_p"].add_metric(fl, f.novel_pvalue)
                 per_feature["novel"].add_metric(fl, f.novel_share)
                 if not math.isnan(f.missing_ratio):

@@ -104,6 +104,19 @@ class WindowCounter:
             if self._joint is None
             else tuple((by_name[name].tensor, by_name[name].column) for name in self._joint.features)
         )
+        # The usual case: every joint column is a column of one rank-2 input, gathered in one indexing operation.
+        tensors = {tensor for tensor, _ in self._joint_columns}
+        columns = [column for _, column in self._joint_columns]
+        self._joint_block = (
+            (tensors.pop(), np.asarray(columns, dtype=np.intp)) if len(tensors) == 1 and None not in columns else None
+        )
+
+    def _joint_matrix(self, inputs: Arrays) -> npt.NDArray[np.float64] | None:
+        if self._joint_block is None:
+            return _gather(inputs, self._joint_columns)
+        tensor, columns = self._joint_block
+        array = inputs.get(tensor)
+        return None if array is None else np.asarray(array[:, columns], dtype=np.float64)
 
     def count(self, inputs: Arrays, outputs: Arrays) -> list[SlotCounts | None]:
         """Counts per monitored feature for a batch of rows (None: the batch lacks the feature's tensor, e.g. a
@@ -122,16 +135,20 @@ class WindowCounter:
                 values = array if f.column is None else array[:, f.column]
                 out[i] = f.count_values(np.asarray(values).reshape(-1))
         if self._joint is not None:
-            columns = [inputs.get(tensor) for tensor, _ in self._joint_columns]
-            if all(c is not None for c in columns):
-                matrix = np.column_stack(
-                    [
-                        np.asarray(c if column is None else c[:, column], dtype=np.float64).reshape(-1)  # type: ignore[index]
-                        for c, (_, column) in zip(columns, self._joint_columns, strict=True)
-                    ]
-                )
+            matrix = self._joint_matrix(inputs)
+            if matrix is not None:
                 out[-1] = self.features[-1].count_values(self._joint.errors(matrix))
         return out
+
+
+def _gather(inputs: Arrays, columns: tuple[tuple[str, int | None], ...]) -> npt.NDArray[np.float64] | None:
+    parts = []
+    for tensor, column in columns:
+        array = inputs.get(tensor)
+        if array is None:
+            return None
+        parts.append(np.asarray(array if column is None else array[:, column], dtype=np.float64).reshape(-1))
+    return np.column_stack(parts)
 
 
 def _count_block(block: _Block, array: npt.NDArray[Any], out: list[SlotCounts | None]) -> None:

@@ -41,11 +41,10 @@ from gateway.drift.statistics import (
     beyond_pvalues,
     chi2_contingency,
     chi2_rows,
-    js_corrected_rows,
+    effect_rows,
     ks_rows,
     novelty_pvalues,
     pool_for_both,
-    psi_rows,
     rank_z_rows,
     weighted_minimum,
 )
@@ -76,7 +75,7 @@ class FeatureResult:
     location_pvalue: float | None  # numeric features only
     scale_pvalue: float | None
     ks_pvalue: float | None
-    chi2_pvalue: float
+    chi2_pvalue: float | None  # categories and integer value bins only
     novel_share: float  # window share in the novelty slot above what the reference foretells
     novel_pvalue: float
     pvalue: float  # the feature's combined test, before BH
@@ -151,6 +150,7 @@ class Reference:
         weights = np.where(by_value[:, None], VALUE_WEIGHTS, QUANTILE_WEIGHTS)
         weights = np.where(self.numeric[:, None], weights, CATEGORICAL_WEIGHTS)
         self.weights = np.where(self.joint[:, None], JOINT_WEIGHTS, weights)
+        self.chi_rows = np.flatnonzero(self.weights[:, 3] > 0)  # the features a chi-square judges
         # OTHER's reference hits under the null: its count plus Good-Turing's unseen mass (singletons / m).
         other = self.counts[np.arange(len(features)), self.last]
         self.other_hits = np.where(self.numeric, 0.0, other + np.asarray([_singletons(f) for f in features]))
@@ -158,7 +158,28 @@ class Reference:
         # saw, else at most the smallest kept count (the profile kept the most frequent).
         kept_min = np.asarray([min(f.counts[:-1], default=0) for f in features], dtype=np.float64)
         self.cut = np.where(self.numeric | (other <= 0), 0.0, kept_min)
-        self.novelty_slots = np.full(len(features), 3.0)
+        # Novelty slots, three per feature: 0 missing; 1 below the minimum (numeric) or OTHER (categorical); 2 above
+        # the maximum (numeric) or the most frequent single value in OTHER (categorical: one new category at 5 %
+        # stands out of a long tail of rare ones, whose values come a few times each; its reference count was at
+        # most the cut, so its test is exact or conservative). Their reference hits and rows under the null:
+        present, missing, numeric = self.present, self.missing, self.numeric
+        self.rows = np.arange(len(features))
+        self.null_hits = np.stack([missing, np.where(numeric, 0.0, self.other_hits), self.cut], axis=1)
+        self.null_total = np.stack([present + missing, present, present], axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            share = np.stack(
+                [
+                    missing / (present + missing),
+                    np.where(numeric, 1.0 / (present + 1.0), self.other_hits / present),
+                    np.where(numeric, 1.0 / (present + 1.0), self.cut / present),
+                ],
+                axis=1,
+            )
+        self.null_share = np.where(np.isfinite(share), share, 0.0)  # beyond each end: 1/(m + 1) by chance
+        # Slots whose reference has no hits at all: the exact exchangeable tail (statistics.beyond_pvalues).
+        self.beyond = np.zeros((len(features), 3), dtype=np.bool_)
+        self.beyond[:, 1] = numeric
+        self.beyond[:, 2] = numeric | (self.cut <= 0)
 
 
 def _singletons(feature: FeatureProfile) -> float:
@@ -183,22 +204,27 @@ def _window_matrix(reference: Reference, counts: Sequence[SlotCounts]) -> tuple[
 
 
 def _shape_pvalues(reference: Reference, window: Floats) -> Floats:
-    """Chi-square per feature; whole-matrix for numeric features where no slot needs merging (references of
-    thousands of rows), else merged feature by feature."""
-    ref, keep = reference.counts, reference.has_mass
-    m = reference.present
-    n = window.sum(axis=1, where=keep)
+    """Chi-square per feature that is judged by one (NaN for the others); whole-matrix where no slot needs merging
+    (numeric value bins against references of thousands of rows), else merged feature by feature."""
+    pvalues = np.full(len(window), np.nan)
+    judged = reference.chi_rows
+    if not len(judged):
+        return pvalues
+    ref, keep, win = reference.counts[judged], reference.has_mass[judged], window[judged]
+    m = reference.present[judged]
+    n = win.sum(axis=1, where=keep)
     with np.errstate(divide="ignore", invalid="ignore"):
         needed = MIN_EXPECTED * (m + n) / np.minimum(m, n)
-    column = ref + window
-    fine = (np.all((column >= needed[:, None]) | ~keep, axis=1) & reference.numeric) | (n <= 0)
-    _, pvalues = chi2_rows(ref, window, keep)
-    for i in np.flatnonzero(~fine):
+    numeric = reference.numeric[judged]
+    fine = (np.all((ref + win >= needed[:, None]) | ~keep, axis=1) & numeric) | (n <= 0)
+    _, pvalues[judged] = chi2_rows(ref, win, keep)
+    for j in np.flatnonzero(~fine):
+        i = judged[j]
         end = reference.last[i] + 1
-        row_ref, row_win = ref[i, :end].astype(np.int64), window[i, :end].astype(np.int64)
-        if not reference.numeric[i]:
+        row_ref, row_win = ref[j, :end].astype(np.int64), win[j, :end].astype(np.int64)
+        if not numeric[j]:
             row_ref, row_win = _established(row_ref, row_win)
-        pooled_ref, pooled_win = pool_for_both(row_ref, row_win, ordered=bool(reference.numeric[i]))
+        pooled_ref, pooled_win = pool_for_both(row_ref, row_win, ordered=bool(numeric[j]))
         pvalues[i] = chi2_contingency(pooled_ref, pooled_win)[2]
     return pvalues
 
@@ -232,52 +258,35 @@ def _established(
 
 
 def _novelty(reference: Reference, window: Floats, extra: Floats) -> tuple[Floats, Floats]:
-    """(p-value, excess share) per feature from its novelty slots."""
+    """(p-value, excess share) per feature from its novelty slots (see Reference for the slots and their nulls)."""
     rows = len(window)
     present_w = window.sum(axis=1)
-    present_r = reference.present
     numeric = reference.numeric
-    # Slot columns: 0 missing; 1 below (numeric) or OTHER (categorical); 2 above (numeric) or the most frequent
-    # single value in OTHER (categorical: one new category at 5 % stands out of a long tail of rare ones, whose
-    # values each come a few times; its reference count was at most the cut, so the test is exact or conservative,
-    # times the number of values it was the largest of).
-    hits_w = np.zeros((rows, 3))
-    total_w = np.zeros((rows, 3))
-    hits_w[:, 0], total_w[:, 0] = extra[:, 0], present_w + extra[:, 0]
-    other_w = window[np.arange(rows), reference.last]
-    hits_w[:, 1] = np.where(numeric, extra[:, 1], other_w)
-    hits_w[:, 2] = np.where(numeric, extra[:, 2], extra[:, 3])
-    total_w[:, 1] = total_w[:, 2] = present_w
+    hits = np.empty((rows, 3))
+    hits[:, 0] = extra[:, 0]
+    hits[:, 1] = np.where(numeric, extra[:, 1], window[reference.rows, reference.last])
+    hits[:, 2] = np.where(numeric, extra[:, 2], extra[:, 3])
+    totals = np.empty((rows, 3))
+    totals[:, 0] = present_w + extra[:, 0]
+    totals[:, 1:] = present_w[:, None]
+    live = hits > 0
     with np.errstate(divide="ignore", invalid="ignore"):
-        null_share = np.stack(
-            [
-                reference.missing / (present_r + reference.missing),
-                np.where(numeric, 1.0 / (present_r + 1.0), reference.other_hits / present_r),
-                np.where(numeric, 1.0 / (present_r + 1.0), reference.cut / present_r),
-            ],
-            axis=1,
-        )
-        share_w = np.divide(hits_w, total_w, out=np.zeros_like(hits_w), where=total_w > 0)
-        excess = share_w - np.where(np.isfinite(null_share), null_share, 0.0)
+        excess = np.where(live, hits / totals, 0.0) - reference.null_share
     pvalues = np.ones((rows, 3))
-    beyond = np.zeros((rows, 3), dtype=np.bool_)
-    beyond[:, 1] = numeric
-    beyond[:, 2] = numeric | (reference.cut <= 0)
-    beyond &= hits_w > 0
+    beyond = reference.beyond & live
     if beyond.any():
-        reference_rows = np.broadcast_to(present_r[:, None], (rows, 3))
-        pvalues[beyond] = beyond_pvalues(hits_w[beyond], total_w[beyond], reference_rows[beyond])
-    null_hits = np.stack([reference.missing, np.where(numeric, 0.0, reference.other_hits), reference.cut], axis=1)
-    null_total = np.stack([present_r + reference.missing, present_r, present_r], axis=1)
+        pvalues[beyond] = beyond_pvalues(hits[beyond], totals[beyond], reference.null_total[beyond])
     # The exact hypergeometric tail where the reference has hits too, only where the window's share is above the
     # reference's (elsewhere the p-value is at least about one half; 1 is conservative and the common case).
-    counted = ~beyond & (hits_w > 0) & (excess > 0)
+    counted = ~reference.beyond & live & (excess > 0)
     if counted.any():
-        pvalues[counted] = novelty_pvalues(null_hits[counted], null_total[counted], hits_w[counted], total_w[counted])
+        pvalues[counted] = novelty_pvalues(
+            reference.null_hits[counted], reference.null_total[counted], hits[counted], totals[counted]
+        )
+    # A value standing out in OTHER was the largest of this many: its p-value times that.
     pvalues[:, 2] = np.where(numeric, pvalues[:, 2], np.minimum(pvalues[:, 2] * np.maximum(extra[:, 4], 1.0), 1.0))
     best = np.argmin(pvalues, axis=1)
-    index = np.arange(rows)
-    return np.minimum(pvalues[index, best] * reference.novelty_slots, 1.0), excess[index, best]
+    return np.minimum(pvalues[reference.rows, best] * 3.0, 1.0), excess[reference.rows, best]
 
 
 def evaluate_window(
@@ -310,10 +319,10 @@ def evaluate_window(
     ks = np.where(reference.numeric, ks_rows(reference.counts, window), 1.0)
     shape = _shape_pvalues(reference, window)
     novel_p, novel_share = _novelty(reference, window, extra)
-    combined = weighted_minimum(np.stack([location, scale, ks, shape, novel_p], axis=1), reference.weights)
+    tests = np.stack([location, scale, ks, np.where(np.isnan(shape), 1.0, shape), novel_p], axis=1)
+    combined = weighted_minimum(tests, reference.weights)
     rejected = benjamini_hochberg(combined, settings.alpha)
-    js = js_corrected_rows(reference.counts, window)
-    psi = psi_rows(reference.counts, window)
+    js, psi = effect_rows(reference.counts, window)
     drifted = rejected & ((js >= settings.min_js_distance) | (novel_share >= settings.min_novel_share))
     rows = window.sum(axis=1) + extra[:, 0]
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -347,7 +356,7 @@ def evaluate_window(
             lp if num else None,
             sp if num else None,
             kp if num else None,
-            cp,
+            None if cp != cp else cp,  # NaN: no chi-square judges this feature
             ns,
             nvp,
             p,

@@ -70,8 +70,9 @@ class JointProfile:
 
 
 def _standardise(matrix: Floats, center: Floats, scale: Floats) -> Floats:
-    z = (np.asarray(matrix, dtype=np.float64) - center) / scale
-    z[np.isnan(z)] = 0.0
+    z = np.asarray(matrix, dtype=np.float64) - center
+    z /= scale
+    np.copyto(z, 0.0, where=np.isnan(z))
     return z
 
 

@@ -116,9 +116,9 @@ def chi2_rows(reference: Floats, window: Floats, keep: npt.NDArray[np.bool_]) ->
     return statistic, np.where(ok, special.chdtrc(np.maximum(dof, 1), statistic / q), 1.0)
 
 
-def js_corrected_rows(reference: Floats, window: Floats) -> Floats:
-    """Jensen-Shannon distance (base 2) per row with its null expectation removed, so that a threshold means the
-    same shift at every sample size.
+def effect_rows(reference: Floats, window: Floats, floor: float = PSI_FLOOR) -> tuple[Floats, Floats]:
+    """Per row: the Jensen-Shannon distance (base 2) with its null expectation removed, so that a threshold means
+    the same shift at every sample size; and the PSI (`psi`, for the exports).
 
     Between two samples from one distribution over K slots, 8 JSD (in nats) is about chi-square(K - 1) times
     (1/n + 1/m) (the G statistic of the 2 x K table), so pure noise has JSD of about (K - 1)(1/n + 1/m) / 8: a JS
@@ -127,6 +127,7 @@ def js_corrected_rows(reference: Floats, window: Floats) -> Floats:
     """
     m = reference.sum(axis=1)
     n = window.sum(axis=1)
+    both = (m > 0) & (n > 0)
     with np.errstate(divide="ignore", invalid="ignore"):
         p = reference / m[:, None]
         q = window / n[:, None]
@@ -134,20 +135,11 @@ def js_corrected_rows(reference: Floats, window: Floats) -> Floats:
         divergence = (special.rel_entr(p, mid).sum(axis=1) + special.rel_entr(q, mid).sum(axis=1)) / 2.0
         slots = np.count_nonzero(reference + window, axis=1)
         noise = (slots - 1) * (1.0 / n + 1.0 / m) / 8.0
-        bits = np.maximum(divergence - noise, 0.0) / math.log(2.0)
-        distance = np.sqrt(bits)
-    return np.where((m > 0) & (n > 0), distance, 0.0)
-
-
-def psi_rows(reference: Floats, window: Floats, floor: float = PSI_FLOOR) -> Floats:
-    """`psi` per row (padding slots, empty on both sides, add nothing)."""
-    m = reference.sum(axis=1)
-    n = window.sum(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        p = np.maximum(reference / m[:, None], floor)
-        q = np.maximum(window / n[:, None], floor)
-        value = np.sum((q - p) * np.log(q / p), axis=1)
-    return np.where((m > 0) & (n > 0), value, 0.0)
+        distance = np.sqrt(np.maximum(divergence - noise, 0.0) / math.log(2.0))
+        floored_p = np.maximum(p, floor)
+        floored_q = np.maximum(q, floor)
+        value = np.sum((floored_q - floored_p) * np.log(floored_q / floored_p), axis=1)
+    return np.where(both, distance, 0.0), np.where(both, value, 0.0)
 
 
 def weighted_minimum(pvalues: Floats, weights: Floats) -> Floats:
