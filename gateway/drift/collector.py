@@ -7,7 +7,6 @@ only `model`, `version` (from the routing config) and `feature` (from the profil
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
@@ -20,6 +19,28 @@ if TYPE_CHECKING:
 
 VERSION_LABELS = ("model", "version")
 FEATURE_LABELS = ("model", "version", "feature")
+# Per-feature series: (metric, help, the FeatureResult field it shows).
+FEATURE_SERIES = (
+    ("gateway_drift_psi", "Population stability index, latest window.", "psi"),
+    (
+        "gateway_drift_js_distance",
+        "Jensen-Shannon distance (base 2) above the noise expected at this size, latest window.",
+        "js_distance",
+    ),
+    ("gateway_drift_pvalue", "The feature's combined test p-value (before BH).", "pvalue"),
+    ("gateway_drift_location_pvalue", "Normal-scores location test p-value (numeric features).", "location_pvalue"),
+    ("gateway_drift_scale_pvalue", "Normal-scores scale test p-value (numeric features).", "scale_pvalue"),
+    ("gateway_drift_ks_pvalue", "Binned Kolmogorov-Smirnov p-value (numeric features).", "ks_pvalue"),
+    ("gateway_drift_chi2_pvalue", "Chi-square homogeneity p-value.", "chi2_pvalue"),
+    ("gateway_drift_novelty_pvalue", "Novelty test p-value.", "novel_pvalue"),
+    (
+        "gateway_drift_novel_ratio",
+        "Share of values beyond the reference range, unseen or missing, above what the reference foretells.",
+        "novel_share",
+    ),
+    ("gateway_drift_missing_ratio", "Share of missing values, latest window.", "missing_ratio"),
+    ("gateway_drift_feature_drifted", "1 if the feature was significant and past the effect gate.", "drifted"),
+)
 
 
 class DriftCollector(Collector):
@@ -65,45 +86,7 @@ class DriftCollector(Collector):
         processed = c("gateway_drift_samples_processed", "Sampled rows binned into windows.", labels=VERSION_LABELS)
         windows = c("gateway_drift_windows", "Windows evaluated.", labels=VERSION_LABELS)
         windows_drifted = c("gateway_drift_windows_drifted", "Windows that drifted.", labels=VERSION_LABELS)
-        per_feature = {
-            "psi": g("gateway_drift_psi", "Population stability index, latest window.", labels=FEATURE_LABELS),
-            "js": g(
-                "gateway_drift_js_distance",
-                "Jensen-Shannon distance (base 2) above the noise expected at this size, latest window.",
-                labels=FEATURE_LABELS,
-            ),
-            "p": g("gateway_drift_pvalue", "The feature's combined test p-value (before BH).", labels=FEATURE_LABELS),
-            "location_p": g(
-                "gateway_drift_location_pvalue",
-                "Normal-scores location test p-value (numeric features).",
-                labels=FEATURE_LABELS,
-            ),
-            "scale_p": g(
-                "gateway_drift_scale_pvalue",
-                "Normal-scores scale test p-value (numeric features).",
-                labels=FEATURE_LABELS,
-            ),
-            "ks_p": g(
-                "gateway_drift_ks_pvalue",
-                "Binned Kolmogorov-Smirnov p-value (numeric features).",
-                labels=FEATURE_LABELS,
-            ),
-            "chi2_p": g("gateway_drift_chi2_pvalue", "Chi-square homogeneity p-value.", labels=FEATURE_LABELS),
-            "novel_p": g("gateway_drift_novelty_pvalue", "Novelty test p-value.", labels=FEATURE_LABELS),
-            "novel": g(
-                "gateway_drift_novel_ratio",
-                "Share of values beyond the reference range, unseen or missing, above what the reference foretells.",
-                labels=FEATURE_LABELS,
-            ),
-            "missing": g(
-                "gateway_drift_missing_ratio", "Share of missing values, latest window.", labels=FEATURE_LABELS
-            ),
-            "drifted": g(
-                "gateway_drift_feature_drifted",
-                "1 if the feature was significant and past the effect gate.",
-                labels=FEATURE_LABELS,
-            ),
-        }
+        per_feature = [(g(name, text, labels=FEATURE_LABELS), field) for name, text, field in FEATURE_SERIES]
         depth = g("gateway_drift_queue_depth", "Samples waiting in the drift buffer.")
         sampler = self._monitor.sampler
         if live:
@@ -130,25 +113,13 @@ class DriftCollector(Collector):
             ordered = sorted(window.features, key=lambda f: f.source != "output")
             for f in ordered[: s.settings.max_exported_features]:
                 fl = [*labels, f.name]
-                per_feature["psi"].add_metric(fl, f.psi)
-                per_feature["js"].add_metric(fl, f.js_distance)
-                per_feature["p"].add_metric(fl, f.pvalue)
-                if f.location_pvalue is not None:
-                    per_feature["location_p"].add_metric(fl, f.location_pvalue)
-                if f.scale_pvalue is not None:
-                    per_feature["scale_p"].add_metric(fl, f.scale_pvalue)
-                if f.ks_pvalue is not None:
-                    per_feature["ks_p"].add_metric(fl, f.ks_pvalue)
-                if f.chi2_pvalue is not None:
-                    per_feature["chi2_p"].add_metric(fl, f.chi2_pvalue)
-                per_feature["novel_p"].add_metric(fl, f.novel_pvalue)
-                per_feature["novel"].add_metric(fl, f.novel_share)
-                if not math.isnan(f.missing_ratio):
-                    per_feature["missing"].add_metric(fl, f.missing_ratio)
-                per_feature["drifted"].add_metric(fl, 1.0 if f.drifted else 0.0)
+                for gauge, field in per_feature:
+                    value = getattr(f, field)
+                    if value is not None and value == value:  # None or NaN: the feature has no such figure
+                        gauge.add_metric(fl, float(value))
         yield from (detected, window_drifted, window_samples, filling, evaluated, features_drifted)
         yield from (taken, dropped, processed, windows, windows_drifted, depth)
-        yield from per_feature.values()
+        yield from (gauge for gauge, _ in per_feature)
         # Samples lost outside any version's counters: offers that failed, or samples of a version retired while
         # they waited, or that could not be binned.
         lost = CounterMetricFamily(

@@ -32,7 +32,6 @@ import numpy as np
 import numpy.typing as npt
 from scipy import special
 
-from gateway.drift import joint as joint_monitor
 from gateway.drift.counting import monitored
 from gateway.drift.profile import FeatureProfile, Profile, SlotCounts
 from gateway.drift.settings import DriftSettings
@@ -142,7 +141,8 @@ class Reference:
             self.counts[i, : len(f.counts)] = f.counts
         self.last = np.asarray([len(f.counts) - 1 for f in features])
         self.numeric = np.asarray([f.kind == "numeric" for f in features], dtype=np.bool_)
-        self.joint = np.asarray([f.name == joint_monitor.NAME and f.tensor == "" for f in features], dtype=np.bool_)
+        self.joint = np.zeros(len(features), dtype=np.bool_)
+        self.joint[len(profile.features) :] = True  # monitored() appends the joint monitor's errors, if any
         self.present = self.counts.sum(axis=1)
         self.missing = np.asarray([f.missing for f in features], dtype=np.float64)
         self.has_mass = self.counts > 0
@@ -152,7 +152,8 @@ class Reference:
         self.weights = np.where(self.joint[:, None], JOINT_WEIGHTS, weights)
         self.chi_rows = np.flatnonzero(self.weights[:, 3] > 0)  # the features a chi-square judges
         # OTHER's reference hits under the null: its count plus Good-Turing's unseen mass (singletons / m).
-        other = self.counts[np.arange(len(features)), self.last]
+        self.rows = np.arange(len(features))
+        other = self.counts[self.rows, self.last]
         self.other_hits = np.where(self.numeric, 0.0, other + np.asarray([_singletons(f) for f in features]))
         # The most any one value in OTHER can have had in the reference: 0 if the profile kept every category it
         # saw, else at most the smallest kept count (the profile kept the most frequent).
@@ -163,7 +164,6 @@ class Reference:
         # stands out of a long tail of rare ones, whose values come a few times each; its reference count was at
         # most the cut, so its test is exact or conservative). Their reference hits and rows under the null:
         present, missing, numeric = self.present, self.missing, self.numeric
-        self.rows = np.arange(len(features))
         self.null_hits = np.stack([missing, np.where(numeric, 0.0, self.other_hits), self.cut], axis=1)
         self.null_total = np.stack([present + missing, present, present], axis=1)
         with np.errstate(divide="ignore", invalid="ignore"):
