@@ -79,7 +79,8 @@ def predict(client: httpx.Client, route: str, batch: list[tuple[str, list[float]
         body = orjson.dumps(
             {"id": request_id, "inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": features}]}
         )
-        answer = client.post(f"/v2/models/{route}/infer", content=body)
+        # One user per request, named by its id: the sticky split then routes every run the same way.
+        answer = client.post(f"/v2/models/{route}/infer", content=body, headers={"x-user-id": request_id})
         answer.raise_for_status()
         predicted = next(o for o in answer.json()["outputs"] if o["name"] == "label")["data"][0]
         converted = rng.random() < CONVERSION[predicted == label]
