@@ -695,7 +695,8 @@ def _latency_checks(session: _Session, settings: Validation) -> list[Check]:
 
     def p99s() -> tuple[float, float, str]:
         timings = session.latency.get()
-        runs = f"{len(timings.candidate)} single-row runs each, in {timings.where}"
+        retimed = f", {timings.retimed} timed again after a preemption" if timings.retimed else ""
+        runs = f"{len(timings.candidate)} single-row runs each, in {timings.where}{retimed}"
         return float(np.percentile(timings.candidate, 99)) * 1e3, float(np.percentile(timings.baseline, 99)) * 1e3, runs
 
     def latency() -> Check:
