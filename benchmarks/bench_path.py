@@ -8,7 +8,10 @@ the answer is written to a transport that keeps it. Run as a script:
 Cases, on the tiny benchmark model (FP32 [1, 16] -> [1, 2]): the common JSON request (the fast lane), the same
 request asking for its output by name (the general codec), the binary form tritonclient sends, and the common request
 with an id, on a plain route and on one that records decisions for feedback (the difference is the experiment
-ledger's cost; the same id each time, so the record overwrites one entry rather than growing). On a shared
+ledger's cost; the same id each time, so the record overwrites one entry rather than growing). Then the gateway as
+deployed: a drift profile on the version (sampling at the default 0.1) and the prediction log at 0.1, averaged over
+the requests sampled and not (with a fixed seed, the same ones every run), and a request both sample (both at 1.0):
+what a sampled request costs. Last, binary against JSON per request. On a shared
 machine the microseconds move by 10-20 % between runs; instruction counts do not, which makes them the figure to
 compare two versions of the request path by (`valgrind` from Debian; slow: about a minute).
 """
@@ -31,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import uvloop
 
-from benchmarks.models import TINY, write_repository
+from benchmarks.models import TINY, write_profile, write_repository
 
 if TYPE_CHECKING:
     from gateway.transport import StandInTransport
@@ -49,23 +52,34 @@ def bodies() -> dict[str, tuple[bytes, tuple[tuple[bytes, bytes], ...]]]:
     length = ((b"Inference-Header-Content-Length", str(len(head)).encode()),)
     with_id = orjson.dumps({"id": "request-1", "inputs": [{**tensor, "data": _DATA}]})
     return {
-        "json (fast lane)": (common, ()),
+        JSON_CASE: (common, ()),
         "json naming outputs (general codec)": (named, ()),
-        "binary (tritonclient's default)": (head + raw, length),
+        BINARY_CASE: (head + raw, length),
         "json with an id": (with_id, ()),
         FEEDBACK_CASE: (with_id, ()),
+        DEPLOYED_CASE: (common, ()),
+        SAMPLED_CASE: (common, ()),
     }
 
 
+JSON_CASE = "json (fast lane)"
+BINARY_CASE = "binary (tritonclient's default)"
 FEEDBACK_CASE = "json with an id, feedback on"
+DEPLOYED_CASE = "json, drift 0.1 + prediction log 0.1"
+SAMPLED_CASE = "json, sampled by drift and the log"
+# The routing file per case (none: the repository alone); `{log}` is a file in the work folder.
+_ROUTE = f"routes:\n  {TINY.name}:\n    versions: {{v: 1}}\n"
+CONFIGS = {
+    FEEDBACK_CASE: _ROUTE + "    feedback: {max_records: 100000, ttl: 1h}\n",
+    DEPLOYED_CASE: _ROUTE + "    drift: {sample_rate: 0.1}\nprediction_log: {path: '{log}', sample_rate: 0.1}\n",
+    SAMPLED_CASE: _ROUTE + "    drift: {sample_rate: 1.0}\nprediction_log: {path: '{log}', sample_rate: 1.0}\n",
+}
 
 
-def _feedback_config(repository: Path) -> Path:
-    path = repository.parent / "feedback.yaml"
-    path.write_text(
-        f"model_repository: {repository}\nroutes:\n  {TINY.name}:\n    versions: {{v: 1}}\n"
-        "    feedback: {max_records: 100000, ttl: 1h}\n"
-    )
+def _config(repository: Path, case: str) -> Path:
+    path = repository.parent / "gateway.yaml"
+    body = CONFIGS[case].replace("{log}", str(repository.parent / "predictions.jsonl"))
+    path.write_text(f"model_repository: {repository}\n{body}")
     return path
 
 
@@ -95,8 +109,8 @@ def _protocol(repository: Path, inline_below_us: float, case: str = "") -> tuple
 
     # Seeded: every sampling draw (drift, routing) is the same each run, so instruction counts compare run to run.
     onnx = OnnxOptions(inline_below_us=inline_below_us)
-    if case == FEEDBACK_CASE:
-        settings = Settings(config_path=_feedback_config(repository), watch=False, onnx=onnx)
+    if case in CONFIGS:
+        settings = Settings(config_path=_config(repository, case), watch=False, onnx=onnx)
     else:
         settings = Settings(model_repository=repository, onnx=onnx)
     app = create_app(settings, seed=0)
@@ -174,14 +188,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         repository = Path(tmp) / "models"
         write_repository(repository, [TINY])
+        write_profile(repository / TINY.name / "1" / "model.onnx", TINY)
+        figures: dict[str, float] = {}
         for case in bodies():
             if args.callgrind:
                 count = args.count or 300
-                print(f"{case:40s} {instructions(repository, case, count):>9,} instructions/request", flush=True)
+                figures[case] = instructions(repository, case, count)
+                print(f"{case:40s} {figures[case]:>9,} instructions/request", flush=True)
             else:
                 count = args.count or 20000
-                best = measure(repository, case, count, args.rounds, 150.0)
-                print(f"{case:40s} {best:8.2f} us/request", flush=True)
+                figures[case] = measure(repository, case, count, args.rounds, 150.0)
+                print(f"{case:40s} {figures[case]:8.2f} us/request", flush=True)
+        print(f"{'binary / json':40s} {figures[BINARY_CASE] / figures[JSON_CASE]:9.3f}")
+        print(f"{'as deployed / json':40s} {figures[DEPLOYED_CASE] / figures[JSON_CASE]:9.3f}")
     return 0
 
 

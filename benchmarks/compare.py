@@ -4,8 +4,14 @@ One invocation generates the models, starts each server in turn pinned to one co
 x connections) from a load generator pinned to another core, and writes JSON and a Markdown table of req/s, p50, p99
 and gateway/other ratios to `benchmarks/results/`.
 
+The gateway runs three ways: bare (the repository alone), with dynamic batching on the medium model, and as deployed
+(`gateway-deployed`: a drift profile on every version sampled at the default 0.1, the prediction log at 0.1, metrics,
+batching on the medium model). Every cell also measures `raw`, a fixed-reply server on bare uvloop protocols: the
+most any Python server reaches with this load generator, the physical limit beside every ratio. The batched medium
+model is also put over its in-process ceiling (`benchmarks.ceiling`: decode, one batch-32 run and encode, no HTTP).
+
     python -m benchmarks.compare                      # full run: 3 interleaved rounds of 5 s per cell
-    python -m benchmarks.compare --smoke              # a few seconds per cell, tiny model, floor + fastapi + gateway
+    python -m benchmarks.compare --smoke              # a few seconds per cell, tiny model, no batching, no MLServer
     python -m benchmarks.compare --with-mlserver      # also MLServer (own virtualenv, created on first use)
 
 A server that fails to start becomes failed rows carrying its error, and the run goes on with the others.
@@ -32,15 +38,15 @@ from pathlib import Path
 import yaml
 
 from benchmarks.loadgen import LoadResult
-from benchmarks.models import MODELS, write_repository
+from benchmarks.models import MODELS, write_profile, write_repository
 from benchmarks.payload import build_body
-from benchmarks.report import NOISY_BACKGROUND_CPU, Ceiling, Cell, Report, Row
+from benchmarks.report import NOISY_BACKGROUND_CPU, BatchCeiling, Ceiling, Cell, Report, Row
 from benchmarks.servers import RunningServer, ServerError, ServerSpec, pin_prefix, start_server
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = PROJECT_ROOT / "benchmarks" / "results"
 MLSERVER_VENV = PROJECT_ROOT / "benchmarks" / ".venvs" / "mlserver"
-SYSTEMS = ("floor", "fastapi", "gateway", "gateway-batching")
+SYSTEMS = ("raw", "floor", "fastapi", "gateway", "gateway-batching", "gateway-deployed")
 MLSERVER_SYSTEMS = ("mlserver", "mlserver-default")
 
 
@@ -73,29 +79,62 @@ def _machine_busy_seconds() -> float:
     return busy / os.sysconf("SC_CLK_TCK")
 
 
+BATCHING = {"max_batch_size": 32, "max_queue_delay_us": 500, "max_queue_size": 1024}
+
+
 def gateway_config(path: Path, repository: Path) -> Path:
     """The routing file that turns on dynamic batching for the medium model."""
     config = {
         "model_repository": str(repository.resolve()),
-        "routes": {
-            "medium": {
-                "versions": {"v1": 1},
-                "split": {"weights": {"v1": 100}},
-                "batching": {"max_batch_size": 32, "max_queue_delay_us": 500, "max_queue_size": 1024},
-            }
-        },
+        "routes": {"medium": {"versions": {"v1": 1}, "split": {"weights": {"v1": 100}}, "batching": BATCHING}},
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
 
-def server_specs(repository: Path, work: Path, start_timeout_s: float) -> dict[str, ServerSpec]:
+def deployed_config(path: Path, repository: Path, models: Sequence[str]) -> Path:
+    """The gateway as users run it: `repository`'s versions carry drift profiles (sampled at the default rate, 0.1,
+    stated here so the file says it), the prediction log keeps 0.1 of the requests, and the medium model batches."""
+    routes: dict[str, dict[str, object]] = {}
+    for model in models:
+        route: dict[str, object] = {"versions": {"v1": 1}, "split": {"weights": {"v1": 100}}}
+        route["drift"] = {"sample_rate": 0.1}
+        if model == "medium":
+            route["batching"] = BATCHING
+        routes[model] = route
+    config = {
+        "model_repository": str(repository.resolve()),
+        "routes": routes,
+        "prediction_log": {"path": str((path.parent / "predictions.jsonl").resolve()), "sample_rate": 0.1},
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def deployed_repository(directory: Path, models: Sequence[str]) -> Path:
+    """The benchmark models again, each with a drift profile beside it (the bare gateway's repository has none)."""
+    for name, model in write_repository(directory, [MODELS[m] for m in models]).items():
+        write_profile(model, MODELS[name])
+    return directory
+
+
+def server_specs(
+    repository: Path,
+    work: Path,
+    start_timeout_s: float,
+    models: Sequence[str] = ("tiny", "medium"),
+    *,
+    deployed: bool = False,
+) -> dict[str, ServerSpec]:
+    """Every system's server; `deployed` also writes the as-deployed gateway's repository (with drift profiles) and
+    routing file for `models`."""
     python = sys.executable
     hostport = ("--host", "{host}", "--port", "{port}")
     config = gateway_config(work / "gateway-batching.yaml", repository)
     env = (("PYTHONPATH", str(PROJECT_ROOT)),)
     quiet = ("--log-level", "warning", "--drain-delay", "0")  # no per-request logging; stop at once when done
     specs = [
+        ServerSpec("raw", (python, "-m", "benchmarks.baselines.rawhttp", *hostport), env=env, cwd=PROJECT_ROOT),
         ServerSpec("floor", (python, "-m", "benchmarks.baselines.floor", *hostport), env=env, cwd=PROJECT_ROOT),
         ServerSpec(
             "fastapi",
@@ -116,7 +155,15 @@ def server_specs(repository: Path, work: Path, start_timeout_s: float) -> dict[s
             cwd=PROJECT_ROOT,
             models=frozenset({"medium"}),
         ),
+        ServerSpec(
+            "gateway-deployed",
+            (python, "-m", "gateway", "serve", "--config", str(work / "gateway-deployed.yaml"), *hostport, *quiet),
+            env=env,
+            cwd=PROJECT_ROOT,
+        ),
     ]
+    if deployed:
+        deployed_config(work / "gateway-deployed.yaml", deployed_repository(work / "models-deployed", models), models)
     return {s.name: ServerSpec(s.name, s.command, s.ready_path, s.env, s.cwd, start_timeout_s, s.models) for s in specs}
 
 
@@ -287,6 +334,23 @@ def _median(attempts: Sequence[Row]) -> Row:
     return dataclasses.replace(ranked[(len(ranked) - 1) // 2], rounds=tuple(r.rps for r in attempts))
 
 
+def batch_ceiling(work: Path, body: Path, plan: Plan) -> float | None:
+    """The medium model's in-process rows/s at the batcher's batch size, pinned to the server's cores (None, logged,
+    when it fails)."""
+    command = pin_prefix(plan.server_cores) + [
+        sys.executable, "-m", "benchmarks.ceiling", str(work / "models" / "medium" / "1" / "model.onnx"), str(body),
+        "--batch", str(BATCHING["max_batch_size"]), "--seconds", str(max(1.0, plan.duration_s / 2)),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    done = subprocess.run(command, capture_output=True, text=True, cwd=PROJECT_ROOT, env=env, timeout=300, check=False)
+    if done.returncode != 0:
+        _log(f"[ceiling] in-process batch ceiling failed: {(done.stderr or done.stdout).strip()[-300:]}")
+        return None
+    rows: float = json.loads(done.stdout.strip().splitlines()[-1])["rows_per_s"]
+    _log(f"[ceiling] medium, in process, batch {BATCHING['max_batch_size']}: {rows:,.0f} rows/s")
+    return rows
+
+
 def measure_ceiling(body: Path, plan: Plan, specs: dict[str, ServerSpec], work: Path) -> Ceiling:
     """Each engine against the raw fixed-reply server (the load generator's own ceiling) and against the floor."""
     raw = ServerSpec(
@@ -342,13 +406,20 @@ def run(plan: Plan, out_dir: Path, *, stem: str, notes: Sequence[str] = ()) -> R
                 )
             )
             bodies[key] = path
-    specs = server_specs(repository, work, plan.start_timeout_s)
+    models = sorted({c.model for c in plan.cells})
+    specs = server_specs(repository, work, plan.start_timeout_s, models, deployed="gateway-deployed" in plan.systems)
     if plan.mlserver_python is not None:
         from benchmarks.mlserver_env import mlserver_specs
 
         specs.update({s.name: s for s in mlserver_specs(plan.mlserver_python, repository, work, plan.start_timeout_s)})
     started = datetime.now(UTC)
+    batched = [c for c in plan.cells if c.model == "medium" and c.batch == 1]
+    wants_ceiling = bool(batched) and bool({"gateway-batching", "gateway-deployed"} & set(plan.systems))
+    # Before and after the cells, the larger kept: a ceiling the machine's noise lowered would flatter the ratio.
+    ceilings = [batch_ceiling(work, bodies[("medium", 1)], plan)] if wants_ceiling else []
     rows = run_systems([specs[name] for name in plan.systems], bodies, plan, work)
+    if wants_ceiling:
+        ceilings.append(batch_ceiling(work, bodies[("medium", 1)], plan))
     ceiling = None
     if plan.ceiling:
         tiny_body = bodies.get(("tiny", 1)) or work / "body-tiny-b1.json"
@@ -368,7 +439,9 @@ def run(plan: Plan, out_dir: Path, *, stem: str, notes: Sequence[str] = ()) -> R
         else "none (taskset missing or cores unavailable)",
         "work dir": str(work),
     }
-    report = Report("Serving comparison", settings, tuple(rows), ceiling, tuple(notes))
+    measured = tuple(c for c in ceilings if c is not None)
+    batch = BatchCeiling("medium", BATCHING["max_batch_size"], measured) if measured else None
+    report = Report("Serving comparison", settings, tuple(rows), ceiling, tuple(notes), batch)
     (out_dir / f"{stem}.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
     (out_dir / f"{stem}.md").write_text(report.markdown())
     return report
@@ -382,7 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.compare", description=__doc__.splitlines()[0] if __doc__ else None
     )
-    parser.add_argument("--smoke", action="store_true", help="seconds per cell, tiny model, floor+fastapi+gateway")
+    parser.add_argument(
+        "--smoke", action="store_true", help="seconds per cell, tiny model, raw+floor+fastapi+gateway(+deployed)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help=f"output directory (default {RESULTS_DIR})")
     parser.add_argument("--duration", type=float, help="measured seconds per round of a cell (default 5; smoke 1)")
     parser.add_argument("--warmup", type=float, help="warm-up seconds per round of a cell (default 1; smoke 0.25)")
@@ -392,9 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="python",
         help="load generator engine for the cells (default python; auto = wrk where installed)",
     )
-    parser.add_argument(
-        "--systems", nargs="+", help="subset of: floor fastapi gateway gateway-batching mlserver mlserver-default"
-    )
+    parser.add_argument("--systems", nargs="+", help=f"subset of: {' '.join(SYSTEMS + MLSERVER_SYSTEMS)}")
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS))
     parser.add_argument("--batches", nargs="+", type=int)
     parser.add_argument("--connections", nargs="+", type=int)
@@ -424,7 +497,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     models = args.models or (["tiny"] if smoke else ["tiny", "medium"])
     batches = args.batches or [1, 32]
     connections = args.connections or [1, 32]
-    systems = list(args.systems or (["floor", "fastapi", "gateway"] if smoke else SYSTEMS))
+    systems = list(args.systems or (["raw", "floor", "fastapi", "gateway", "gateway-deployed"] if smoke else SYSTEMS))
     notes: list[str] = []
     mlserver_python = None
     if args.with_mlserver:

@@ -94,6 +94,25 @@ def write_repository(directory: Path, specs: Sequence[MlpSpec] = (TINY, MEDIUM))
     return paths
 
 
+def write_profile(model: Path, spec: MlpSpec, *, rows: int = 5000, seed: int = 5) -> Path:
+    """A drift profile beside `model` (its `profile.json`), from `rows` seeded standard-normal rows, the
+    distribution the benchmarks' request bodies draw their values from, and the model's outputs on them: the
+    reference the gateway "as deployed" judges its sampled traffic against."""
+    import onnxruntime
+
+    from gateway.backends.onnx import version_signature
+    from gateway.drift.profile import build_profile, save_profile
+
+    session = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    inputs = np.random.default_rng(seed).standard_normal((rows, spec.n_inputs)).astype(np.float32)
+    names = [o.name for o in session.get_outputs()]
+    outputs = dict(zip(names, session.run(names, {"input": inputs}), strict=True))
+    profile = build_profile(version_signature(session, model), {"input": inputs}, outputs, dataset_sha256="0" * 64)
+    path = model.parent / "profile.json"
+    save_profile(profile, path)
+    return path
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("directory", type=Path, help="repository root to write into")

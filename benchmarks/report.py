@@ -8,8 +8,10 @@ from typing import Any
 
 from benchmarks.loadgen import LoadResult
 
-GATEWAYS = ("gateway", "gateway-batching")
-BASELINES = ("floor", "fastapi", "mlserver", "mlserver-default")
+GATEWAYS = ("gateway", "gateway-batching", "gateway-deployed")
+BASELINES = ("raw", "floor", "fastapi", "mlserver", "mlserver-default")
+DEPLOYED_SHARE = 0.95  # the gateway as deployed keeps at least this share of the bare gateway's req/s
+BATCH_CEILING_SHARE = 0.55  # the batched gateway reaches at least this share of the in-process batch ceiling
 NOISY_BACKGROUND_CPU = 0.2  # cores used by other processes during a cell above which its numbers are suspect
 
 
@@ -77,12 +79,26 @@ class Ceiling:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchCeiling:
+    """A model's in-process rows/s at a batch size (`benchmarks.ceiling`), each measurement; the largest counts."""
+
+    model: str
+    batch: int
+    measured: tuple[float, ...]
+
+    @property
+    def rows_per_s(self) -> float:
+        return max(self.measured)
+
+
+@dataclass(frozen=True, slots=True)
 class Report:
     title: str
     settings: dict[str, Any]
     rows: tuple[Row, ...]
     ceiling: Ceiling | None = None
     notes: tuple[str, ...] = field(default=())
+    batch_ceiling: BatchCeiling | None = None
 
     def row(self, system: str, cell: Cell) -> Row | None:
         return next((r for r in self.rows if r.system == system and r.cell == cell), None)
@@ -128,6 +144,23 @@ class Report:
         ratio_target("tiny b1 c32: gateway >= 0.6x floor req/s", (tiny, "gateway", "floor"), 0.6)
         ratio_target("tiny b1 c32: gateway >= 3x fastapi req/s", (tiny, "gateway", "fastapi"), 3.0)
         ratio_target("medium b1 c32, batching: >= 4x fastapi req/s", (medium, "gateway-batching", "fastapi"), 4.0)
+        deployed, bare = self.row("gateway-deployed", tiny), self.row("gateway", tiny)
+        name = f"tiny b1 c32: gateway as deployed >= {DEPLOYED_SHARE:g}x the bare gateway's req/s"
+        if deployed is None or bare is None or not deployed.ok or not bare.ok or bare.rps <= 0:
+            out.append(Target(name, None, "not measured"))
+        else:
+            share = deployed.rps / bare.rps
+            out.append(Target(name, share >= DEPLOYED_SHARE, f"{share:.3f}x"))
+        name = f"medium b1 c32, batching: >= {BATCH_CEILING_SHARE:g}x the in-process batch ceiling (rows/s)"
+        batched = self.row("gateway-batching", medium)
+        if self.batch_ceiling is None or batched is None or not batched.ok:
+            out.append(Target(name, None, "not measured"))
+        else:
+            ceiling = self.batch_ceiling.rows_per_s
+            share = batched.rps / ceiling
+            batch = self.batch_ceiling.batch
+            detail = f"{share:.2f}x ({batched.rps:,.0f} req/s of {ceiling:,.0f} rows/s at batch {batch})"
+            out.append(Target(name, share >= BATCH_CEILING_SHARE, detail))
         r = ratios.get((medium, "gateway-batching", "fastapi"))
         out.append(
             Target("medium b1 c32, batching: p99 <= fastapi p99", None, "not measured")
@@ -167,6 +200,7 @@ class Report:
                 for s, e, res, err in self.ceiling.rows
             ],
             "notes": list(self.notes),
+            "batch_ceiling": None if self.batch_ceiling is None else asdict(self.batch_ceiling),
         }
 
     def markdown(self) -> str:

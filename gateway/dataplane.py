@@ -24,12 +24,12 @@ from gateway.errors import (
 )
 from gateway.experiment.ledger import LedgerLane
 from gateway.fastlane import FastLane
-from gateway.inference import InferenceResponse, Tensor
+from gateway.inference import InferenceRequest, InferenceResponse, Tensor
 from gateway.metrics import Metrics, VersionMetrics
 from gateway.predlog import PredictionLog
 from gateway.protocol import decode_request, encode_response, parse_header_length, requested_outputs
 from gateway.repository import VersionSource
-from gateway.routing import RoutingTable, Target
+from gateway.routing import Decision, RoutingTable, Target
 from gateway.shadow.runner import ShadowLane
 from gateway.tally import Count
 from gateway.tap import Tap
@@ -56,6 +56,7 @@ class Served:
     output_names: tuple[str, ...] = field(init=False)
     all_json: tuple[tuple[str, ...], tuple[bool, ...]] = field(init=False)  # every output, none binary
     datatypes: Mapping[str, str] = field(init=False)
+    input_datatypes: Mapping[str, str] = field(init=False)
     lane: FastLane = field(init=False)
 
     def __post_init__(self) -> None:
@@ -67,6 +68,7 @@ class Served:
         object.__setattr__(self, "output_names", names)
         object.__setattr__(self, "all_json", (names, (False,) * len(names)))
         object.__setattr__(self, "datatypes", {s.name: s.datatype for s in signature.outputs})
+        object.__setattr__(self, "input_datatypes", {s.name: s.datatype for s in signature.inputs})
         object.__setattr__(self, "lane", FastLane(signature, label))
 
 
@@ -199,21 +201,19 @@ class DataPlane:
                 raise served.backend.overloaded()
             record = snapshot.decisions[(name, target.name, decision.reason)]
             record.counter.value += 1  # Count.inc without the call: this runs for every request
-            predlog = self._predlog
             header = headers.get(HEADER_LENGTH)
             request_head = None if header is None else parse_header_length(header, len(body))
             # The common shapes (JSON asking for every output; tritonclient's binary) go the fast lane; anything
-            # else, or any request while a prediction log wants the request's tensors, the general codec, which
-            # also names whatever is wrong with a request.
+            # else the general codec, which also names whatever is wrong with a request.
             lane = served.lane
             request = None
             selection: tuple[tuple[str, ...], tuple[bool, ...]] | None = None  # None: every output, as JSON
-            fast = binary = None
-            if predlog is None:
-                if request_head is None:
-                    fast = lane.decode(body)
-                else:
-                    binary = lane.decode_binary(body, request_head)
+            binary = None
+            if request_head is None:
+                fast = lane.decode(body)
+            else:
+                fast = None
+                binary = lane.decode_binary(body, request_head)
             if fast is not None:
                 inputs, request_id = fast
             elif binary is not None:
@@ -228,9 +228,11 @@ class DataPlane:
             if execution.compute_seconds is not None:
                 metrics.compute.observe(execution.compute_seconds)
             produced = execution.outputs
-            encoded = lane.encode(produced, name, request_id) if selection is None else None
-            outputs: tuple[Tensor, ...] = ()
             head_length = None  # the response's JSON head length, when binary outputs follow it
+            if selection is None:
+                encoded = lane.encode(produced, name, request_id)
+            else:
+                encoded, head_length = lane.encode_selected(produced, name, request_id, selection)
             if encoded is None:
                 names, flags = selection if selection is not None else served.all_json
                 outputs = tuple(Tensor(n, served.datatypes[n], produced[n]) for n in names)
@@ -248,11 +250,9 @@ class DataPlane:
             ledger = record.ledger
             if ledger is not None:
                 ledger.offer(request_id, produced)
-            if predlog is not None and request is not None:
-                predlog.offer(
-                    request_id=request_id, model=name, version=served.label, reason=decision.reason,
-                    inputs=request.inputs, outputs=outputs, latency_ms=elapsed * 1e3,
-                )  # fmt: skip
+            predlog = self._predlog
+            if predlog is not None and predlog.sampled():  # a skip counter: a subtraction for the requests it passes
+                self._log(predlog, name, served, request, inputs, produced, selection, request_id, decision, elapsed)
         except GatewayError as exc:
             metrics.outcomes[outcome_of(exc)].inc()
             metrics.latency.observe(perf_counter() - start)
@@ -266,6 +266,31 @@ class DataPlane:
         metrics.success.value += 1
         metrics.latency.observe(elapsed)
         return Reply(encoded, head_length, record.header)
+
+    @staticmethod
+    def _log(
+        predlog: PredictionLog,
+        route: str,
+        served: Served,
+        request: InferenceRequest | None,
+        inputs: Arrays,
+        produced: Arrays,
+        selection: tuple[tuple[str, ...], tuple[bool, ...]] | None,
+        request_id: str | None,
+        decision: Decision,
+        elapsed: float,
+    ) -> None:
+        """A request the prediction log keeps: its inputs as the client sent them (the fast lane took only inputs
+        named, typed and shaped as the signature says, so its arrays are those tensors) and the outputs answered."""
+        if request is not None:
+            sent = request.inputs
+        else:
+            sent = tuple(Tensor(n, served.input_datatypes[n], a) for n, a in inputs.items())
+        names = selection[0] if selection is not None else served.output_names
+        predlog.record(
+            request_id=request_id, model=route, version=served.label, reason=decision.reason, inputs=sent,
+            outputs=tuple(Tensor(n, served.datatypes[n], produced[n]) for n in names), latency_ms=elapsed * 1e3,
+        )  # fmt: skip
 
     @property
     def refusing(self) -> bool:

@@ -6,7 +6,8 @@ Most traffic has one shape: a JSON body with an `inputs` list (and perhaps an `i
 response value and dicts that the request never needs: about a third of a tiny model's time in the server. A lane is
 made once per loaded version and goes straight from bytes to the arrays the model takes, and from the arrays it
 gives to bytes. The other common shape, tritonclient's binary one (a JSON head, then the tensors' bytes, outputs
-named with their binary flags), is decoded the same way by `decode_binary`; its answer is the general encoder's.
+named with their binary flags), is decoded the same way by `decode_binary`, and its answer (the outputs it names,
+each as JSON or as bytes after the head) written by `encode_selected`, byte for byte what the general encoder writes.
 
 It accepts only what the general path would accept and produce the same answer for; anything else (an unknown key, a
 parameter, a misfit, a value numpy refuses) makes a decode return None, and the caller takes the general path,
@@ -37,6 +38,8 @@ _NATIVE_OUTPUTS = frozenset({"FP32", "FP64", "INT8", "INT16", "INT32", "INT64", 
                              "BOOL"})  # fmt: skip
 # Binary requests: every numeric type reads straight from the body (BOOL and BYTES have checks of their own there).
 _BINARY_TYPES = frozenset(_NATIVE_OUTPUTS - {"BOOL"} | {"FP16"})
+# Binary outputs: every fixed-size type is its array's little-endian bytes (BYTES has length prefixes).
+_BINARY_OUTPUTS = frozenset(_NATIVE_OUTPUTS | {"FP16"})
 _BINARY_HEAD_KEYS = frozenset({"inputs", "id", "outputs", "parameters"})
 _BINARY_INPUT_KEYS = frozenset({"name", "shape", "datatype", "parameters"})
 _SIZE_KEYS = frozenset({"binary_data_size"})
@@ -95,7 +98,9 @@ def _fits(shape: object, expected: tuple[int, ...]) -> bool:
 class FastLane:
     """Decode and encode the common request shape for one version; see the module docstring for what it takes."""
 
-    __slots__ = ("_all_outputs", "_binary_inputs", "_encodable", "_inputs", "_output_set", "_outputs", "_version")
+    __slots__ = (
+        "_all_outputs", "_binary_inputs", "_datatypes", "_encodable", "_inputs", "_output_set", "_outputs", "_version",
+    )  # fmt: skip
 
     def __init__(self, signature: Signature, version: str) -> None:
         self._inputs: Mapping[str, _Input] = {
@@ -117,6 +122,7 @@ class FastLane:
         self._all_outputs = tuple(s.name for s in signature.outputs)
         self._output_set = frozenset(self._all_outputs)
         self._encodable = all(s.datatype in _NATIVE_OUTPUTS for s in signature.outputs)
+        self._datatypes = {s.name: s.datatype for s in signature.outputs}
         self._version = version
 
     def decode(self, body: bytes) -> tuple[dict[str, npt.NDArray[Any]], str | None] | None:
@@ -217,3 +223,40 @@ class FastLane:
             for name, datatype in self._outputs
         ]
         return orjson.dumps(head, option=_NUMPY)
+
+    def encode_selected(
+        self,
+        outputs: Mapping[str, npt.NDArray[Any]],
+        model_name: str,
+        request_id: str | None,
+        selection: tuple[tuple[str, ...], tuple[bool, ...]],
+    ) -> tuple[bytes | None, int | None]:
+        """The response with the outputs `selection` names, each as JSON or (flag set) as little-endian bytes after
+        the JSON head, and the head's length when bytes follow; (None, None) when an output needs the general
+        encoder (BYTES, or FP16 as JSON)."""
+        datatypes = self._datatypes
+        entries: list[dict[str, Any]] = []
+        buffers: list[bytes] = []
+        for name, binary in zip(*selection):  # noqa: B905 - one flag per name: built together by the decoder
+            datatype = datatypes[name]
+            array = outputs[name]
+            if binary:
+                if datatype not in _BINARY_OUTPUTS:
+                    return None, None
+                payload = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+                entries.append({"name": name, "datatype": datatype, "shape": array.shape,
+                                "parameters": {"binary_data_size": len(payload)}})  # fmt: skip
+                if payload:  # Triton sends no buffer at all for a zero-size tensor
+                    buffers.append(payload)
+            else:
+                if datatype not in _NATIVE_OUTPUTS:
+                    return None, None
+                entries.append({"name": name, "datatype": datatype, "shape": array.shape, "data": array.ravel()})
+        head: dict[str, Any] = {"model_name": model_name, "model_version": self._version}
+        if request_id is not None:
+            head["id"] = request_id
+        head["outputs"] = entries
+        encoded = orjson.dumps(head, option=_NUMPY)
+        if not buffers:
+            return encoded, None
+        return b"".join((encoded, *buffers)), len(encoded)

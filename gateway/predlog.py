@@ -1,12 +1,13 @@
 """Prediction log: a sample of served requests written as JSON lines, off the request path.
 
-`PredictionLog.offer` is called on the request path. It samples, then appends references to the tensors to a bounded
-deque: no encoding, no I/O, no awaiting, no exceptions. A background task (`run`) drains the deque in chunks and
-encodes + writes each chunk in a worker thread, rotating the file by size like `logging.handlers.RotatingFileHandler`
-(`log.jsonl` -> `log.jsonl.1` -> ... -> `log.jsonl.<backups>`). Dropped and failed records are counted, never silent.
+On the request path, `sampled` decides whether a request is logged before it is decoded (a skip counter: a
+subtraction for the requests it passes over, which keep the fast lane), and `record` appends capped copies of a
+logged request's tensors to a bounded deque: no encoding, no I/O, no awaiting, no exceptions. A background task
+(`run`) drains the deque in chunks and encodes + writes each chunk in a worker thread, rotating the file by size like
+`logging.handlers.RotatingFileHandler` (`log.jsonl` -> `log.jsonl.1` -> ... -> `log.jsonl.<backups>`). Dropped and
+failed records are counted, never silent.
 
-Tensors are kept by reference until written: callers must not mutate arrays after offering them (the gateway's
-tensors are never mutated after the response is built).
+`record` copies at most `max_elements` values of each tensor, so a queued record pins no request body.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 import math
 import os
 import random as _random
+import sys
 import threading
 import time
 from collections import deque
@@ -142,14 +144,18 @@ class PredictionLog:
         metrics: PredictionLogMetrics,
         clock: Callable[[], float] = time.time,
         random: Callable[[], float] | None = None,
+        linger: float = 0.05,
     ) -> None:
         self._config = config
+        self._linger = linger  # seconds the writer gathers records before a write (see `run`)
         self._metrics = metrics
         self._clock = clock
         self._random = random if random is not None else _random.Random().random
         self._queue: deque[_Record] = deque()
         self._max_queue = config.max_queue
         self._rate = config.sample_rate
+        self._log_keep = math.log1p(-self._rate) if 0.0 < self._rate < 1.0 else 0.0
+        self._skip = self._gap()  # requests to pass over before the next logged one
         self._dropped = metrics.dropped
         self._closed = False
         self._wakeup: asyncio.Event | None = None
@@ -163,6 +169,28 @@ class PredictionLog:
     def pending(self) -> int:
         return len(self._queue)
 
+    def sampled(self) -> bool:
+        """Whether the next request is logged: asked before it is decoded, so the others keep the fast lane.
+        Bernoulli(sample_rate) per request, drawn as a geometric gap between logged ones. Never raises."""
+        skip = self._skip - 1
+        if skip >= 0:
+            self._skip = skip
+            return False
+        try:
+            self._skip = self._gap()
+        except Exception:  # a broken injected random must not fail a request: this one is not logged, and counted
+            self._dropped.value += 1
+            return False
+        return True
+
+    def _gap(self) -> int:
+        """Requests passed over before the next logged one: Geometric(rate) failures, by inversion."""
+        if self._rate >= 1.0:
+            return 0
+        if self._rate <= 0.0:
+            return sys.maxsize
+        return int(math.log(1.0 - self._random()) / self._log_keep)
+
     def offer(
         self,
         *,
@@ -174,10 +202,26 @@ class PredictionLog:
         outputs: Sequence[Tensor],
         latency_ms: float,
     ) -> None:
-        """Maybe log one served request. Never awaits, never raises, never blocks."""
+        """`sampled`, then `record`: for callers that have the request's tensors whether it is logged or not."""
+        if self.sampled():
+            self.record(
+                request_id=request_id, model=model, version=version, reason=reason, inputs=inputs, outputs=outputs,
+                latency_ms=latency_ms,
+            )  # fmt: skip
+
+    def record(
+        self,
+        *,
+        request_id: str | None,
+        model: str,
+        version: str,
+        reason: str,
+        inputs: Sequence[Tensor],
+        outputs: Sequence[Tensor],
+        latency_ms: float,
+    ) -> None:
+        """Log one request `sampled` chose. Never awaits, never raises, never blocks; a full queue drops, counted."""
         try:
-            if self._rate < 1.0 and self._random() >= self._rate:
-                return
             if self._closed or len(self._queue) >= self._max_queue:
                 self._dropped.value += 1
                 return
@@ -189,7 +233,7 @@ class PredictionLog:
             )  # fmt: skip
             if self._wakeup is not None:
                 self._wakeup.set()
-        except Exception:  # a broken injected clock or random must not fail a request
+        except Exception:  # a broken injected clock must not fail a request
             self._dropped.value += 1
 
     async def run(self) -> None:
@@ -200,6 +244,11 @@ class PredictionLog:
         try:
             while not self._closed:
                 await wakeup.wait()
+                # Gather for `linger` seconds first, unless a whole chunk is waiting: each write is a thread hop and
+                # a loop wake-up, and at thousands of records a second one hop per record or two would cost the
+                # requests more than the records themselves.
+                if len(self._queue) < _CHUNK:
+                    await asyncio.sleep(self._linger)
                 wakeup.clear()  # before draining, so a record offered during the write sets it again
                 while self._queue and not self._closed:
                     await asyncio.to_thread(self._write_chunk)

@@ -257,6 +257,35 @@ def test_report_marks_failed_servers_and_computes_ratios() -> None:
     assert "server failed to start: boom" in markdown and "0.70x" in markdown
 
 
+def test_report_judges_the_deployed_gateway_and_the_batch_ceiling() -> None:
+    from benchmarks.loadgen import LoadResult
+    from benchmarks.report import BatchCeiling
+
+    def result(rps: float) -> LoadResult:
+        lat = {"p50": 1.0, "p90": 1.0, "p99": 2.0, "p999": 2.0, "max": 2.0, "mean": 1.0}
+        return LoadResult("python", "closed", "u", 32, None, 1.0, int(rps), 0, rps, lat, 0.5)
+
+    tiny, medium = Cell("tiny", 1, 32), Cell("medium", 1, 32)
+
+    def targets(deployed: float, batched: float) -> dict[str, tuple[bool | None, str]]:
+        rows = (
+            Row("raw", tiny, result(20000)),
+            Row("gateway", tiny, result(10000)),
+            Row("gateway-deployed", tiny, result(deployed)),
+            Row("gateway-batching", medium, result(batched)),
+        )
+        report = Report("t", {}, rows, batch_ceiling=BatchCeiling("medium", 32, (9000.0, 10000.0)))
+        assert "vs raw" in report.markdown()  # the physical limit beside every ratio
+        return {t.name: (t.passed, t.detail) for t in report.targets()}
+
+    share = "tiny b1 c32: gateway as deployed >= 0.95x the bare gateway's req/s"
+    ceiling = "medium b1 c32, batching: >= 0.55x the in-process batch ceiling (rows/s)"
+    assert targets(9600, 5600)[share] == (True, "0.960x")
+    assert targets(9400, 5600)[share] == (False, "0.940x")
+    assert targets(9600, 5600)[ceiling] == (True, "0.56x (5,600 req/s of 10,000 rows/s at batch 32)")  # the larger
+    assert targets(9600, 5400)[ceiling][0] is False
+
+
 def test_rounds_report_the_median_attempt_with_every_rounds_rate() -> None:
     from benchmarks.compare import _median
     from benchmarks.loadgen import LoadResult
@@ -288,8 +317,14 @@ def test_compare_smoke_mode_measures_every_server(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "compare-smoke.json").read_text())
     assert (tmp_path / "compare-smoke.md").read_text().startswith("# ")
     rows = report["rows"]
-    assert {r["system"] for r in rows} == {"floor", "fastapi", "gateway"}
-    assert len(rows) == 12  # tiny x batch {1, 32} x connections {1, 32} x 3 systems
+    assert {r["system"] for r in rows} == {"raw", "floor", "fastapi", "gateway", "gateway-deployed"}
+    assert len(rows) == 20  # tiny x batch {1, 32} x connections {1, 32} x 5 systems
+    # As deployed means deployed: the version's drift profile was loaded and the prediction log written.
+    work = tmp_path / "compare-smoke-work"
+    assert (work / "models-deployed" / "tiny" / "1" / "profile.json").is_file()
+    assert not (work / "models" / "tiny" / "1" / "profile.json").exists()  # the bare gateway has none
+    logged = (work / "predictions.jsonl").read_bytes().splitlines()
+    assert logged and json.loads(logged[0])["model"] == "tiny"
     for row in rows:
         assert row["error"] is None, (row["system"], row["error"])
         assert row["result"]["rps"] > 0, row["system"]

@@ -198,6 +198,71 @@ def test_outputs_that_need_converting_go_to_the_general_encoder(datatype: str) -
     assert lane.encode({"o": np.zeros(1, dtype=DTYPES[datatype])}, "m", None) is None
 
 
+SELECTABLE = ("FP32", "FP64", "FP16", "INT8", "INT32", "INT64", "UINT8", "UINT64", "BOOL", "BYTES")
+
+
+def _output(datatype: str, shape: tuple[int, ...], seed: int) -> np.ndarray[Any, Any]:
+    rng = np.random.default_rng(seed)
+    if datatype == "BYTES":
+        return np.array([f"v{i}".encode() for i in range(int(np.prod(shape)))], dtype=object).reshape(shape)
+    if datatype == "BOOL":
+        return rng.random(shape) < 0.5
+    values = rng.normal(scale=50, size=shape)
+    if datatype.startswith("FP") and values.size:
+        values[(0,) * len(shape)] = np.nan  # JSON writes it as null, binary as its bytes: both must agree
+    return values.astype(DTYPES[datatype])
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    datatypes=st.lists(st.sampled_from(SELECTABLE), min_size=1, max_size=3),
+    rows=st.integers(0, 3),
+    picks=st.lists(st.tuples(st.integers(0, 2), st.booleans()), min_size=1, max_size=3),
+    request_id=st.one_of(st.none(), st.text(max_size=3)),
+    strided=st.booleans(),
+)
+def test_selected_outputs_encode_to_the_general_encoders_bytes(
+    datatypes: list[str], rows: int, picks: list[tuple[int, bool]], request_id: str | None, strided: bool
+) -> None:
+    # Whatever outputs and binary flags a request names: the lane writes the general encoder's bytes and head
+    # length, or declines (BYTES anywhere, FP16 as JSON) and the general encoder writes them.
+    names = [f"o{i}" for i in range(len(datatypes))]
+    signature = Signature((TensorSpec("x", "FP32", (-1,)),), tuple(TensorSpec(n, d, (-1, 2)) for n, d in
+                                                                   zip(names, datatypes, strict=True)))  # fmt: skip
+    lane = FastLane(signature, "3")
+    produced = {}
+    for i, (name, datatype) in enumerate(zip(names, datatypes, strict=True)):
+        array = _output(datatype, (rows, 4) if strided else (rows, 2), i)
+        produced[name] = array[:, ::2] if strided else array  # a strided view: written as its values
+    chosen = list(dict.fromkeys(names[i % len(names)] for i, _ in picks))
+    flags = tuple(flag for _, flag in picks[: len(chosen)])
+    selection = (tuple(chosen), flags)
+    fast, fast_length = lane.encode_selected(produced, "m", request_id, selection)
+    tensors = tuple(Tensor(n, datatypes[names.index(n)], produced[n]) for n in chosen)
+    slow, slow_length = encode_response(InferenceResponse("m", "3", tensors, request_id, flags))
+    declines = any(
+        datatypes[names.index(n)] == "BYTES" or (datatypes[names.index(n)] == "FP16" and not f)
+        for n, f in zip(chosen, flags, strict=True)
+    )
+    if declines:
+        assert (fast, fast_length) == (None, None)
+    else:
+        assert (fast, fast_length) == (slow, slow_length)
+
+
+def test_tritonclients_answer_takes_the_lane() -> None:
+    # tritonclient asks for each output by name with binary_data true: bytes after the head, the head's length.
+    outputs: dict[str, np.ndarray[Any, Any]] = {
+        "p": np.array([[0.25, 0.75]], dtype=np.float32), "label": np.array([1], dtype=np.int64),
+    }  # fmt: skip
+    body, length = LANE.encode_selected(outputs, "m", None, (("p", "label"), (True, True)))
+    assert body is not None and length is not None
+    assert orjson.loads(body[:length])["outputs"][1] == {
+        "name": "label", "datatype": "INT64", "shape": [1], "parameters": {"binary_data_size": 8},
+    }  # fmt: skip
+    assert body[length:] == outputs["p"].tobytes() + outputs["label"].tobytes()
+
+
 row = st.lists(numbers, min_size=3, max_size=3)
 near_valid = st.fixed_dictionaries(
     {

@@ -315,3 +315,70 @@ def test_parse_reads_every_key() -> None:
 def test_parse_names_the_exact_key_path(section: object, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_prediction_log({"prediction_log": section})
+
+
+# ---- through the gateway ----------------------------------------------------------------------------------------
+
+
+def test_logged_requests_keep_the_fast_lane_and_record_what_the_client_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The log's draw is a skip counter taken after the answer; a logged request is decoded like any other (the fast
+    # lane for JSON and tritonclient's binary, the general codec for the rest) and its record holds the tensors the
+    # client sent and the outputs it was answered, whichever path decoded it. The answers are the same bytes.
+    import models
+    from starlette.testclient import TestClient
+
+    import gateway.dataplane
+    import gateway.protocol
+    from gateway.app import Settings, create_app
+
+    repo = models.affine_repository(tmp_path / "repo", {1: 2.0})
+    log_path = tmp_path / "predictions.jsonl"
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        f"model_repository: {repo}\nroutes:\n  affine:\n    versions: {{a: 1}}\n"
+        f"prediction_log: {{path: {log_path}, sample_rate: 0.3}}\n"
+    )
+    general = gateway.protocol.decode_request
+    decoded: list[bytes] = []
+
+    def counted(body: bytes, header_length: int | None = None) -> Any:
+        decoded.append(body)
+        return general(body, header_length)
+
+    monkeypatch.setattr(gateway.dataplane, "decode_request", counted)
+    n = 480
+    answers: dict[bytes, set[bytes]] = {}
+    tensor = {"name": "X", "shape": [1, 4], "datatype": "FP32"}
+    sent_general = set()
+    app = create_app(Settings(config_path=config, watch=False), registry=CollectorRegistry(), seed=11)
+    with TestClient(app) as client:
+        for i in range(n):
+            row = [float(i % 40), 1.0, 2.0, 3.0]  # each body four times: logged some times, not others
+            headers = {}
+            if i % 3 == 1:  # tritonclient's shape: a JSON head, the tensor's bytes, the output asked for as binary
+                head = orjson.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": 16}}],
+                                     "outputs": [{"name": "Y", "parameters": {"binary_data": True}}]})  # fmt: skip
+                body = head + np.asarray(row, np.float32).tobytes()
+                headers = {"inference-header-content-length": str(len(head))}
+            elif i % 3 == 2:  # naming the output as JSON: the general codec's
+                body = orjson.dumps({"id": f"g{i % 40}", "inputs": [{**tensor, "data": row}],
+                                     "outputs": [{"name": "Y"}]})  # fmt: skip
+                sent_general.add(body)
+            else:
+                body = orjson.dumps({"id": f"r{i % 40}", "inputs": [{**tensor, "data": row}]})
+            response = client.post("/v2/models/affine/infer", content=body, headers=headers)
+            assert response.status_code == 200, response.text
+            answers.setdefault(body, set()).add(response.content)
+    records = read_lines(log_path)
+    # ~Binomial(480, 0.3): sd 10; the seed fixes the draw, the bound only says the rate is the configured one.
+    assert abs(len(records) - n * 0.3) <= 6 * math.sqrt(n * 0.3 * 0.7)
+    assert set(decoded) == sent_general and len(decoded) == n // 3  # the general codec decoded only its own shape
+    for record in records:
+        x = record["inputs"]["X"]
+        assert x["datatype"] == "FP32" and x["shape"] == [1, 4] and x["data"][1:] == [1.0, 2.0, 3.0]
+        assert record["outputs"]["Y"] == {"datatype": "FP32", "shape": [1, 4], "data": [v * 2 + 1 for v in x["data"]]}
+    kinds = {None if r["id"] is None else r["id"][0] for r in records}
+    assert kinds == {None, "r", "g"}  # binary (no id), fast-lane JSON and general JSON requests were all logged
+    assert len(answers) == 120 and all(len(seen) == 1 for seen in answers.values())  # one answer, logged or not
