@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -133,7 +133,7 @@ class PredictionLogMetrics:
 
 
 # (id, unix time, model, version, reason, inputs, outputs, latency_ms): a tuple is the cheapest thing to append.
-_Record = tuple[str | None, float, str, str, str, tuple["_Captured", ...], tuple["_Captured", ...], float]
+_Record = tuple[str | None, float, str, str, str, Sequence["_Kept"], Sequence["_Kept"], float]
 
 
 class PredictionLog:
@@ -225,10 +225,9 @@ class PredictionLog:
             if self._closed or len(self._queue) >= self._max_queue:
                 self._dropped.value += 1
                 return
-            # Capped copies: a record must not pin a whole request body (binary inputs are views of it) in the queue.
             cap = self._config.max_elements
             self._queue.append(
-                (request_id, self._clock(), model, version, reason, _capture(inputs, cap), _capture(outputs, cap),
+                (request_id, self._clock(), model, version, reason, _keep(inputs, cap), _keep(outputs, cap),
                  latency_ms)
             )  # fmt: skip
             if self._wakeup is not None:
@@ -295,14 +294,15 @@ class PredictionLog:
 
     def _encode(self, record: _Record) -> bytes:
         request_id, stamp, model, version, reason, inputs, outputs, latency_ms = record
+        cap = self._config.max_elements
         document = {
             "id": request_id,
             "time": datetime.fromtimestamp(stamp, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
             "model": model,
             "version": version,
             "reason": reason,
-            "inputs": {t[0]: _tensor(t) for t in inputs},
-            "outputs": {t[0]: _tensor(t) for t in outputs},
+            "inputs": {t.name: _tensor(t, cap) for t in inputs},
+            "outputs": {t.name: _tensor(t, cap) for t in outputs},
             "latency_ms": latency_ms,
         }
         return orjson.dumps(document) + b"\n"
@@ -381,22 +381,55 @@ class PredictionLog:
             self._file = None
 
 
-# (name, datatype, shape, at most `max_elements` values, truncated)
-_Captured = tuple[str, str, tuple[int, ...], np.ndarray[Any, Any], bool]
+class _Cut(NamedTuple):
+    """The first `cap` values of a tensor too large (or too entangled with a request body) to keep whole, copied."""
+
+    name: str
+    datatype: str
+    flat: np.ndarray[Any, Any]
+    shape: tuple[int, ...]
+    truncated: bool
 
 
-def _capture(tensors: Sequence[Tensor], cap: int) -> tuple[_Captured, ...]:
-    captured = []
+_Kept = Tensor | _Cut
+
+
+def _keep(tensors: Sequence[Tensor], cap: int) -> Sequence[_Kept]:
+    """What a queued record holds of `tensors`: each array itself when it has at most `cap` values and is not a view
+    of a request body, else a copy of its first `cap` values. So a record never pins a request body (binary inputs
+    are views of it) or more than `cap` values of a tensor, and the common small record costs the request path no
+    copy; the writer encodes from what is kept. The gateway never mutates a tensor once the answer is built, so a
+    kept array is what was served."""
     for tensor in tensors:
-        array = tensor.array
-        flat = np.array(array.reshape(-1)[:cap])  # a copy, never a view of the request
-        captured.append((tensor.name, tensor.datatype, tuple(array.shape), flat, int(array.size) > cap))
-    return tuple(captured)
+        if not _whole(tensor.array, cap):
+            return tuple(t if _whole(t.array, cap) else _cut(t, cap) for t in tensors)
+    return tensors
 
 
-def _tensor(captured: _Captured) -> dict[str, Any]:
-    _, datatype, shape, flat, truncated = captured
-    encoded: dict[str, Any] = {"datatype": datatype, "shape": list(shape), "data": _values(flat)}
+def _whole(array: np.ndarray[Any, Any], cap: int) -> bool:
+    """Small, and not a view of a request body (bytes, or a memoryview of them): a model's output (whose memory the
+    runtime's capsule owns), a decoded JSON input, a copy."""
+    if array.size > cap:
+        return False
+    base = array.base
+    while type(base) is np.ndarray:
+        base = base.base
+    return not isinstance(base, bytes | bytearray | memoryview)
+
+
+def _cut(tensor: Tensor, cap: int) -> _Cut:
+    array = tensor.array
+    flat = np.array(array.reshape(-1)[:cap])  # a copy, never a view of the request
+    return _Cut(tensor.name, tensor.datatype, flat, tuple(array.shape), int(array.size) > cap)
+
+
+def _tensor(kept: _Kept, cap: int) -> dict[str, Any]:
+    if isinstance(kept, _Cut):
+        flat, shape, truncated = kept.flat, kept.shape, kept.truncated
+    else:
+        array = kept.array
+        flat, shape, truncated = array.reshape(-1)[:cap], array.shape, False
+    encoded: dict[str, Any] = {"datatype": kept.datatype, "shape": list(shape), "data": _values(flat)}
     if truncated:
         encoded["truncated"] = True
     return encoded

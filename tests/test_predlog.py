@@ -382,3 +382,19 @@ def test_logged_requests_keep_the_fast_lane_and_record_what_the_client_sent(
     kinds = {None if r["id"] is None else r["id"][0] for r in records}
     assert kinds == {None, "r", "g"}  # binary (no id), fast-lane JSON and general JSON requests were all logged
     assert len(answers) == 120 and all(len(seen) == 1 for seen in answers.values())  # one answer, logged or not
+
+
+def test_a_tensor_viewing_a_request_buffer_is_copied_when_recorded(tmp_path: Path, make: Factory) -> None:
+    # Binary inputs are views of the request body: the record copies them (capped), so it neither pins the body nor
+    # sees a later change to its buffer; arrays that own their data are kept as they are until written.
+    log = make(PredictionLogConfig(tmp_path / "log.jsonl", max_elements=3), CollectorRegistry())
+    buffer = bytearray(np.arange(4, dtype=np.float32).tobytes())
+    view = np.frombuffer(buffer, dtype=np.float32).reshape(1, 4)
+    owned = np.array([[7.0, 8.0]], dtype=np.float32)
+    log.record(request_id="v", model="m", version="1", reason="weighted", inputs=(Tensor("x", "FP32", view),),
+               outputs=(Tensor("y", "FP32", owned),), latency_ms=0.5)  # fmt: skip
+    buffer[:4] = np.float32(99.0).tobytes()  # the body's buffer reused after the answer
+    log.flush_once()
+    (record,) = read_lines(tmp_path / "log.jsonl")
+    assert record["inputs"]["x"] == {"datatype": "FP32", "shape": [1, 4], "data": [0.0, 1.0, 2.0], "truncated": True}
+    assert record["outputs"]["y"] == {"datatype": "FP32", "shape": [1, 2], "data": [7.0, 8.0]}

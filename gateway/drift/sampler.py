@@ -109,6 +109,9 @@ class DriftSampler:
         outputs: Mapping[str, npt.NDArray[Any]],
         rows: int,
     ) -> None:
+        if rows == 1:
+            self._take_one(state, key, inputs, outputs)
+            return
         if state.rate >= 1.0:
             picked = None  # every row
             count = rows
@@ -139,6 +142,32 @@ class DriftSampler:
             state.dropped += count
             raise
         self._buffer.append((key, sample_in, sample_out, count))
+
+    def _take_one(
+        self,
+        state: _KeyState,
+        key: DriftKey,
+        inputs: Mapping[str, npt.NDArray[Any]],
+        outputs: Mapping[str, npt.NDArray[Any]],
+    ) -> None:
+        """`_take` for a one-row request (the common case), whose one row is the sample: no positions to pick or
+        rows to select, only the copies."""
+        state.skip = self._gap(state)  # the row at the skip counter's 0 is this one; the next is a gap away
+        state.taken += 1
+        if len(self._buffer) >= self._capacity:
+            state.dropped += 1
+            return
+        sample_in = {}
+        for name, a in inputs.items():
+            if a.ndim == 0:
+                sample_in[name] = a.reshape(1)
+            elif a.shape[0] == 1:
+                sample_in[name] = a.copy()
+            else:  # an input whose first dimension is not the batch
+                state.dropped += 1
+                raise ValueError("tensor without the batch dimension")
+        sample_out = {name: a.copy() for name, a in outputs.items() if a.ndim >= 1 and a.shape[0] == 1}
+        self._buffer.append((key, sample_in, sample_out, 1))
 
     def _gap(self, state: _KeyState) -> int:
         """Unsampled rows before the next sampled one: Geometric(rate) failures, by inversion."""
