@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
+import numpy as np
 import numpy.typing as npt
 
 Parameters = Mapping[str, Any]
@@ -55,3 +56,14 @@ class InferenceResponse(NamedTuple):
     # Per output, whether to send it as Triton binary data; same order as `outputs`.
     binary: tuple[bool, ...] = ()
     parameters: Parameters = NO_PARAMETERS
+
+
+def views_body(array: npt.NDArray[Any]) -> bool:
+    """Whether `array` is a view of a request body (bytes, or a memoryview of them: binary inputs are), which a
+    side channel keeping it would pin. Decoded JSON inputs, the model's outputs (whose memory the runtime's capsule
+    owns) and copies are not: a side channel may keep those as they are, since the gateway never mutates a tensor
+    once the answer is built."""
+    base = array.base
+    while type(base) is np.ndarray:
+        base = base.base
+    return isinstance(base, bytes | bytearray | memoryview)

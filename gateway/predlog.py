@@ -34,7 +34,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gateway.errors import ConfigError
-from gateway.inference import Tensor
+from gateway.inference import Tensor, views_body
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +148,8 @@ class PredictionLog:
     ) -> None:
         self._config = config
         self._linger = linger  # seconds the writer gathers records before a write (see `run`)
+        self._second: datetime | None = None  # the writer's cache of the last second it formatted (`_stamp`)
+        self._second_text = ""
         self._metrics = metrics
         self._clock = clock
         self._random = random if random is not None else _random.Random().random
@@ -297,7 +299,7 @@ class PredictionLog:
         cap = self._config.max_elements
         document = {
             "id": request_id,
-            "time": datetime.fromtimestamp(stamp, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
+            "time": self._stamp(stamp),
             "model": model,
             "version": version,
             "reason": reason,
@@ -306,6 +308,15 @@ class PredictionLog:
             "latency_ms": latency_ms,
         }
         return orjson.dumps(document) + b"\n"
+
+    def _stamp(self, stamp: float) -> str:
+        """RFC 3339 in UTC to the microsecond, as `isoformat` writes it; the date and time to the second are formatted
+        once per second (isoformat was a quarter of a record's encoding)."""
+        moment = datetime.fromtimestamp(stamp, UTC)
+        second = moment.replace(microsecond=0)
+        if second != self._second:
+            self._second, self._second_text = second, second.strftime("%Y-%m-%dT%H:%M:%S")
+        return f"{self._second_text}.{moment.microsecond:06d}Z"
 
     def _write_lines(self, lines: list[bytes]) -> int:
         """Write whole lines, rotating between lines; the file is unbuffered, so what `write` took is on its way."""
@@ -407,14 +418,7 @@ def _keep(tensors: Sequence[Tensor], cap: int) -> Sequence[_Kept]:
 
 
 def _whole(array: np.ndarray[Any, Any], cap: int) -> bool:
-    """Small, and not a view of a request body (bytes, or a memoryview of them): a model's output (whose memory the
-    runtime's capsule owns), a decoded JSON input, a copy."""
-    if array.size > cap:
-        return False
-    base = array.base
-    while type(base) is np.ndarray:
-        base = base.base
-    return not isinstance(base, bytes | bytearray | memoryview)
+    return array.size <= cap and not views_body(array)
 
 
 def _cut(tensor: Tensor, cap: int) -> _Cut:
@@ -441,7 +445,8 @@ def _values(flat: np.ndarray[Any, Any]) -> list[Any]:
     if flat.dtype.kind == "f":
         # JSON has no NaN or infinity: write them as strings rather than lose them (orjson would write null).
         values: list[Any] = flat.tolist()
-        if not np.isfinite(flat).all():
+        # One reduction: a sum is finite when every value is (a finite overflow only takes the slower check).
+        if not math.isfinite(flat.sum()) and not np.isfinite(flat).all():
             values = [v if math.isfinite(v) else str(v) for v in values]
         return values
     return list(flat.tolist())

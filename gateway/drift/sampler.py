@@ -18,6 +18,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from gateway.inference import views_body
+
 Arrays = dict[str, npt.NDArray[Any]]
 
 
@@ -151,7 +153,8 @@ class DriftSampler:
         outputs: Mapping[str, npt.NDArray[Any]],
     ) -> None:
         """`_take` for a one-row request (the common case), whose one row is the sample: no positions to pick or
-        rows to select, only the copies."""
+        rows to select, and a copy only of what views the request body (the sample is drained within the drift
+        worker's interval, and the gateway never mutates a tensor once answered)."""
         state.skip = self._gap(state)  # the row at the skip counter's 0 is this one; the next is a gap away
         state.taken += 1
         if len(self._buffer) >= self._capacity:
@@ -162,11 +165,11 @@ class DriftSampler:
             if a.ndim == 0:
                 sample_in[name] = a.reshape(1)
             elif a.shape[0] == 1:
-                sample_in[name] = a.copy()
+                sample_in[name] = a.copy() if views_body(a) else a
             else:  # an input whose first dimension is not the batch
                 state.dropped += 1
                 raise ValueError("tensor without the batch dimension")
-        sample_out = {name: a.copy() for name, a in outputs.items() if a.ndim >= 1 and a.shape[0] == 1}
+        sample_out = {name: a for name, a in outputs.items() if a.ndim >= 1 and a.shape[0] == 1}  # the model's own
         self._buffer.append((key, sample_in, sample_out, 1))
 
     def _gap(self, state: _KeyState) -> int:
