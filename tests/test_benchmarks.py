@@ -356,7 +356,10 @@ def test_a_server_that_fails_to_start_becomes_failed_rows(tmp_path: Path) -> Non
 def test_path_benchmark_drives_every_case_to_a_200(tmp_path: Path) -> None:
     done = _run_module("benchmarks.bench_path", "--count", "50", "--rounds", "1", timeout=120)
     lines = done.stdout.strip().splitlines()
-    assert len(lines) == len(bodies()) == 5 and all(line.endswith("us/request") for line in lines), done.stdout
+    cases, ratios = lines[:-2], lines[-2:]
+    assert len(cases) == len(bodies()) == 7 and all(line.endswith("us/request") for line in cases), done.stdout
+    assert [r.split()[:3] for r in ratios] == [["binary", "/", "json"], ["as", "deployed", "/"]], done.stdout
+    assert all(float(r.split()[-1]) > 0 for r in ratios)
 
 
 def test_shadow_benchmark_measures_both_routes(tmp_path: Path) -> None:
