@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from gateway.protocol import DTYPES, MAX_ELEMENTS, MAX_RANK, float_array
+from gateway.protocol import DTYPES, MAX_ELEMENTS, MAX_RANK, float_array, little_endian_bytes
 from gateway.signature import Signature
 
 # Request keys the lane knows; `outputs`, `parameters` and anything else go the general way.
@@ -243,7 +243,7 @@ class FastLane:
             if binary:
                 if datatype not in _BINARY_OUTPUTS:
                     return None, None
-                payload = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+                payload = little_endian_bytes(array)
                 entries.append({"name": name, "datatype": datatype, "shape": array.shape,
                                 "parameters": {"binary_data_size": len(payload)}})  # fmt: skip
                 if payload:  # Triton sends no buffer at all for a zero-size tensor

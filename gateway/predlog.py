@@ -1,13 +1,14 @@
 """Prediction log: a sample of served requests written as JSON lines, off the request path.
 
 On the request path, `sampled` decides whether a request is logged before it is decoded (a skip counter: a
-subtraction for the requests it passes over, which keep the fast lane), and `record` appends capped copies of a
-logged request's tensors to a bounded deque: no encoding, no I/O, no awaiting, no exceptions. A background task
+subtraction for the requests it passes over), and `record` appends a logged request's tensors to a bounded deque:
+no encoding, no I/O, no awaiting, no exceptions. A background task
 (`run`) drains the deque in chunks and encodes + writes each chunk in a worker thread, rotating the file by size like
 `logging.handlers.RotatingFileHandler` (`log.jsonl` -> `log.jsonl.1` -> ... -> `log.jsonl.<backups>`). Dropped and
 failed records are counted, never silent.
 
-`record` copies at most `max_elements` values of each tensor, so a queued record pins no request body.
+A record keeps a tensor as it is unless it views a request body or holds more than `max_elements` values; then its
+first `max_elements` values are copied (`_keep`). So a queued record pins no request body.
 """
 
 from __future__ import annotations
@@ -193,24 +194,6 @@ class PredictionLog:
             return sys.maxsize
         return int(math.log(1.0 - self._random()) / self._log_keep)
 
-    def offer(
-        self,
-        *,
-        request_id: str | None,
-        model: str,
-        version: str,
-        reason: str,
-        inputs: Sequence[Tensor],
-        outputs: Sequence[Tensor],
-        latency_ms: float,
-    ) -> None:
-        """`sampled`, then `record`: for callers that have the request's tensors whether it is logged or not."""
-        if self.sampled():
-            self.record(
-                request_id=request_id, model=model, version=version, reason=reason, inputs=inputs, outputs=outputs,
-                latency_ms=latency_ms,
-            )  # fmt: skip
-
     def record(
         self,
         *,
@@ -296,15 +279,14 @@ class PredictionLog:
 
     def _encode(self, record: _Record) -> bytes:
         request_id, stamp, model, version, reason, inputs, outputs, latency_ms = record
-        cap = self._config.max_elements
         document = {
             "id": request_id,
             "time": self._stamp(stamp),
             "model": model,
             "version": version,
             "reason": reason,
-            "inputs": {t.name: _tensor(t, cap) for t in inputs},
-            "outputs": {t.name: _tensor(t, cap) for t in outputs},
+            "inputs": {t.name: _tensor(t) for t in inputs},
+            "outputs": {t.name: _tensor(t) for t in outputs},
             "latency_ms": latency_ms,
         }
         return orjson.dumps(document) + b"\n"
@@ -427,12 +409,12 @@ def _cut(tensor: Tensor, cap: int) -> _Cut:
     return _Cut(tensor.name, tensor.datatype, flat, tuple(array.shape), int(array.size) > cap)
 
 
-def _tensor(kept: _Kept, cap: int) -> dict[str, Any]:
+def _tensor(kept: _Kept) -> dict[str, Any]:
     if isinstance(kept, _Cut):
         flat, shape, truncated = kept.flat, kept.shape, kept.truncated
     else:
-        array = kept.array
-        flat, shape, truncated = array.reshape(-1)[:cap], array.shape, False
+        array = kept.array  # kept whole: at most `cap` values
+        flat, shape, truncated = array.reshape(-1), array.shape, False
     encoded: dict[str, Any] = {"datatype": kept.datatype, "shape": list(shape), "data": _values(flat)}
     if truncated:
         encoded["truncated"] = True

@@ -347,6 +347,11 @@ def _to_bytes(tensor: Tensor) -> bytes:
             parts.append(_LENGTH.pack(len(value)))
             parts.append(value)
         return b"".join(parts)
+    return little_endian_bytes(array)
+
+
+def little_endian_bytes(array: npt.NDArray[Any]) -> bytes:
+    """A fixed-size tensor's binary data as the wire carries it: C order, little-endian."""
     return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
 
 

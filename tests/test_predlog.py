@@ -58,9 +58,12 @@ def count(registry: CollectorRegistry, name: str) -> float:
 
 
 def offer(log: PredictionLog, i: int = 0, *, outputs: tuple[Tensor, ...] | None = None) -> None:
+    """One served request, as the data plane offers it: the log's draw, then the record when it is drawn."""
+    if not log.sampled():
+        return
     x = Tensor("x", "FP32", np.arange(4, dtype=np.float32).reshape(2, 2) + i)
     y = Tensor("y", "INT64", np.array([i, i + 1], dtype=np.int64))
-    log.offer(
+    log.record(
         request_id=f"r{i}",
         model="fraud",
         version="2",
@@ -161,7 +164,7 @@ def test_a_full_queue_drops_and_counts_and_offer_stays_cheap(tmp_path: Path, mak
     n = 100_000
     start = time.perf_counter()
     for _ in range(n):
-        log.offer(request_id=None, model="m", version="1", reason="pinned", inputs=x, outputs=x, latency_ms=0.1)
+        log.record(request_id=None, model="m", version="1", reason="pinned", inputs=x, outputs=x, latency_ms=0.1)
     mean = (time.perf_counter() - start) / n
     print(f"\nmean offer() cost with a full queue: {mean * 1e9:.0f} ns over {n} calls")
     assert log.pending == 10

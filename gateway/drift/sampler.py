@@ -127,9 +127,7 @@ class DriftSampler:
                 picked.append(position)
             state.skip = position - rows
             count = len(picked)
-        state.taken += count
-        if len(self._buffer) >= self._capacity:
-            state.dropped += count
+        if not self._room(state, count):
             return
         if picked is None:
             select: slice | npt.NDArray[np.intp] = slice(None)
@@ -156,9 +154,7 @@ class DriftSampler:
         rows to select, and a copy only of what views the request body (the sample is drained within the drift
         worker's interval, and the gateway never mutates a tensor once answered)."""
         state.skip = self._gap(state)  # the row at the skip counter's 0 is this one; the next is a gap away
-        state.taken += 1
-        if len(self._buffer) >= self._capacity:
-            state.dropped += 1
+        if not self._room(state, 1):
             return
         sample_in = {}
         for name, a in inputs.items():
@@ -171,6 +167,14 @@ class DriftSampler:
                 raise ValueError("tensor without the batch dimension")
         sample_out = {name: a for name, a in outputs.items() if a.ndim >= 1 and a.shape[0] == 1}  # the model's own
         self._buffer.append((key, sample_in, sample_out, 1))
+
+    def _room(self, state: _KeyState, count: int) -> bool:
+        """Count `count` selected rows as taken; False (and counted as dropped) when the buffer is full."""
+        state.taken += count
+        if len(self._buffer) >= self._capacity:
+            state.dropped += count
+            return False
+        return True
 
     def _gap(self, state: _KeyState) -> int:
         """Unsampled rows before the next sampled one: Geometric(rate) failures, by inversion."""
