@@ -76,7 +76,9 @@ class Settings:
     onnx: OnnxOptions = field(default_factory=OnnxOptions)
     reload_interval: float = 1.0  # seconds between content checks of the config file
     watch: bool = True
-    drift_interval: float = 0.05  # seconds the drift worker rests when its buffer is empty
+    # Seconds the drift worker rests between steps (unless a full batch waits). A step has a fixed cost of about
+    # 0.5 ms (numpy calls per feature) and 1 us a row: at 0.05 s it took 1 % of a core at 600 sampled rows/s.
+    drift_interval: float = 0.25
     drift_buffer: int = 10_000  # sampled requests waiting for the drift worker; more are dropped and counted
     retire_grace: float = 30.0  # seconds a retired version's series stay, so its last requests are counted
     rollout_tick: float = 0.1  # seconds between looks at the rollouts (each evaluates its gates every `interval`)

@@ -5,12 +5,14 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import orjson
 import pytest
+from hypothesis import example, given, strategies as st
 from prometheus_client import CollectorRegistry
 
 from gateway.errors import ConfigError
@@ -76,6 +78,20 @@ def offer(log: PredictionLog, i: int = 0, *, outputs: tuple[Tensor, ...] | None 
 
 def read_lines(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
+@given(st.floats(min_value=0.0, max_value=4e9, allow_nan=False))
+@example(1_700_000_000.9999995)  # the fraction rounds up to the next second
+@example(1_700_000_000.0000005)
+@example(1_700_000_000.0)
+def test_time_is_what_datetime_writes_to_the_microsecond(stamp: float) -> None:
+    """The writer formats each second once and the microseconds itself: the text must be isoformat's, rounding and
+    carry included."""
+    log = PredictionLog(PredictionLogConfig(Path("unused.jsonl")), metrics=PredictionLogMetrics(CollectorRegistry()))
+    moment = datetime.fromtimestamp(stamp, UTC)
+    expected = moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{moment.microsecond:06d}Z"
+    assert log._stamp(stamp) == expected
+    assert log._stamp(stamp) == expected  # again, from the cached second
 
 
 def test_records_are_written_as_parseable_json_lines(tmp_path: Path, make: Factory) -> None:

@@ -148,7 +148,7 @@ def weighted_minimum(pvalues: Floats, weights: Floats) -> Floats:
     Valid whatever the dependence between the tests (P(min p_i / w_i <= t) <= sum w_i t = t), and as strong as the
     best single test divided by its weight: one strong test is not diluted by weak ones.
     """
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):  # 0 / 0 where a test has no weight: not chosen below
         scaled = np.where(weights > 0, pvalues / weights, np.inf)
     return np.asarray(np.minimum(scaled.min(axis=1), 1.0), dtype=np.float64)
 
