@@ -26,7 +26,7 @@ from gateway.experiment.ledger import LedgerLane
 from gateway.fastlane import FastLane
 from gateway.inference import InferenceRequest, InferenceResponse, Tensor
 from gateway.metrics import Metrics, VersionMetrics
-from gateway.predlog import PredictionLog
+from gateway.predlog import Datatypes, PredictionLog
 from gateway.protocol import decode_request, encode_response, parse_header_length, requested_outputs
 from gateway.repository import VersionSource
 from gateway.routing import Decision, RoutingTable, Target
@@ -57,6 +57,7 @@ class Served:
     all_json: tuple[tuple[str, ...], tuple[bool, ...]] = field(init=False)  # every output, none binary
     datatypes: Mapping[str, str] = field(init=False)
     input_datatypes: Mapping[str, str] = field(init=False)
+    logged_datatypes: Datatypes = field(init=False)  # what the prediction log pairs a fast-lane request's arrays with
     lane: FastLane = field(init=False)
 
     def __post_init__(self) -> None:
@@ -69,6 +70,7 @@ class Served:
         object.__setattr__(self, "all_json", (names, (False,) * len(names)))
         object.__setattr__(self, "datatypes", {s.name: s.datatype for s in signature.outputs})
         object.__setattr__(self, "input_datatypes", {s.name: s.datatype for s in signature.inputs})
+        object.__setattr__(self, "logged_datatypes", Datatypes(self.input_datatypes, self.datatypes))
         object.__setattr__(self, "lane", FastLane(signature, label))
 
 
@@ -282,15 +284,18 @@ class DataPlane:
     ) -> None:
         """A request the prediction log keeps: its inputs as the client sent them (the fast lane took only inputs
         named, typed and shaped as the signature says, so its arrays are those tensors) and the outputs answered."""
-        if request is not None:
-            sent = request.inputs
-        else:
-            sent = tuple(Tensor(n, served.input_datatypes[n], a) for n, a in inputs.items())
         names = selection[0] if selection is not None else served.output_names
+        if request is None:
+            predlog.record(
+                request_id, route, served.label, decision.reason, inputs, produced, names, served.logged_datatypes,
+                elapsed * 1e3,
+            )  # fmt: skip
+            return
+        sent = {t.name: t.array for t in request.inputs}  # the general codec: as sent, whatever the signature says
+        datatypes = Datatypes({t.name: t.datatype for t in request.inputs}, served.datatypes)
         predlog.record(
-            request_id=request_id, model=route, version=served.label, reason=decision.reason, inputs=sent,
-            outputs=tuple(Tensor(n, served.datatypes[n], produced[n]) for n in names), latency_ms=elapsed * 1e3,
-        )  # fmt: skip
+            request_id, route, served.label, decision.reason, sent, produced, names, datatypes, elapsed * 1e3
+        )
 
     @property
     def refusing(self) -> bool:

@@ -17,7 +17,13 @@ from prometheus_client import CollectorRegistry
 
 from gateway.errors import ConfigError
 from gateway.inference import Tensor
-from gateway.predlog import PredictionLog, PredictionLogConfig, PredictionLogMetrics, parse_prediction_log
+from gateway.predlog import (
+    Datatypes,
+    PredictionLog,
+    PredictionLogConfig,
+    PredictionLogMetrics,
+    parse_prediction_log,
+)
 
 STAMP = 1_700_000_000.5  # 2023-11-14T22:13:20.5Z
 
@@ -65,14 +71,17 @@ def offer(log: PredictionLog, i: int = 0, *, outputs: tuple[Tensor, ...] | None 
         return
     x = Tensor("x", "FP32", np.arange(4, dtype=np.float32).reshape(2, 2) + i)
     y = Tensor("y", "INT64", np.array([i, i + 1], dtype=np.int64))
+    answered = (y,) if outputs is None else outputs
     log.record(
-        request_id=f"r{i}",
-        model="fraud",
-        version="2",
-        reason="weighted",
-        inputs=(x,),
-        outputs=(y,) if outputs is None else outputs,
-        latency_ms=1.25,
+        f"r{i}",
+        "fraud",
+        "2",
+        "weighted",
+        {x.name: x.array},
+        {t.name: t.array for t in answered},
+        tuple(t.name for t in answered),
+        Datatypes({x.name: x.datatype}, {t.name: t.datatype for t in answered}),
+        1.25,
     )
 
 
@@ -176,11 +185,12 @@ def test_appends_to_an_existing_file_and_counts_its_size(tmp_path: Path, make: F
 def test_a_full_queue_drops_and_counts_and_offer_stays_cheap(tmp_path: Path, make: Factory) -> None:
     registry = CollectorRegistry()
     log = make(PredictionLogConfig(tmp_path / "log.jsonl", max_queue=10), registry)
-    x = (Tensor("x", "FP32", np.zeros((1, 4), np.float32)),)
+    x = {"x": np.zeros((1, 4), np.float32)}
+    datatypes = Datatypes({"x": "FP32"}, {"x": "FP32"})
     n = 100_000
     start = time.perf_counter()
     for _ in range(n):
-        log.record(request_id=None, model="m", version="1", reason="pinned", inputs=x, outputs=x, latency_ms=0.1)
+        log.record(None, "m", "1", "pinned", x, x, ("x",), datatypes, 0.1)
     mean = (time.perf_counter() - start) / n
     print(f"\nmean offer() cost with a full queue: {mean * 1e9:.0f} ns over {n} calls")
     assert log.pending == 10
@@ -410,8 +420,9 @@ def test_a_tensor_viewing_a_request_buffer_is_copied_when_recorded(tmp_path: Pat
     buffer = bytearray(np.arange(4, dtype=np.float32).tobytes())
     view = np.frombuffer(buffer, dtype=np.float32).reshape(1, 4)
     owned = np.array([[7.0, 8.0]], dtype=np.float32)
-    log.record(request_id="v", model="m", version="1", reason="weighted", inputs=(Tensor("x", "FP32", view),),
-               outputs=(Tensor("y", "FP32", owned),), latency_ms=0.5)  # fmt: skip
+    log.record(
+        "v", "m", "1", "weighted", {"x": view}, {"y": owned}, ("y",), Datatypes({"x": "FP32"}, {"y": "FP32"}), 0.5
+    )
     buffer[:4] = np.float32(99.0).tobytes()  # the body's buffer reused after the answer
     log.flush_once()
     (record,) = read_lines(tmp_path / "log.jsonl")
