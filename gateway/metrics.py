@@ -88,6 +88,12 @@ class Metrics:
             "gateway_config_last_reload_timestamp_seconds", "Unix time the serving config was applied.",
             registry=registry,
         )  # fmt: skip
+        # As Prometheus' own prometheus_config_last_reload_successful: a rejection leaves the previous config serving
+        # and this at 0 until a file is applied, so an alert lasts as long as the bad file does.
+        self.config_last_reload_successful = Gauge(
+            "gateway_config_last_reload_successful", "1 when the last config (re)load was applied, 0 when rejected.",
+            registry=registry,
+        )  # fmt: skip
         self.route_weight = Gauge(
             "gateway_route_weight_ratio", "Share of a route's unpinned traffic each version is configured to get.",
             ["route", "version"], registry=registry,

@@ -119,8 +119,12 @@ class Reloader:
                 if digest == self._rejected_digest:
                     return "unchanged"
                 if digest == self.current.digest and not self._failed_changed():
+                    self._rejected_digest = None
+                    self._sm.serving()  # e.g. a rejected file reverted: what is on disk serves again
                     return "unchanged"
             elif digest == self.current.digest and not self.current.failed:
+                self._rejected_digest = None
+                self._sm.serving()
                 return "unchanged"
             try:
                 generation = await asyncio.to_thread(self._prepare, raw, digest)
@@ -223,11 +227,18 @@ class _ReloadMetrics:
         self._rejected = reloads.labels("rejected")
         self._generation = metrics.config_generation
         self._last = metrics.config_last_reload
+        self._successful = metrics.config_last_reload_successful
 
     def applied(self, number: int) -> None:
         self._applied.inc()
         self._generation.set(number)
         self._last.set(time.time())
+        self._successful.set(1)
 
     def rejected(self) -> None:
         self._rejected.inc()
+        self._successful.set(0)
+
+    def serving(self) -> None:
+        """The file on disk is the config serving (unchanged, or back to it after a rejection)."""
+        self._successful.set(1)

@@ -168,8 +168,32 @@ def test_bad_file_is_rejected_and_the_last_good_config_serves(
     assert logged in caplog.text and str(path) in caplog.text
     assert registry.get_sample_value("gateway_config_reloads_total", {"outcome": "rejected"}) == 1
     assert registry.get_sample_value("gateway_config_generation") == 1
+    assert registry.get_sample_value("gateway_config_last_reload_successful") == 0
     assert client.get("/v2/health/ready").status_code == 200
     assert served_version(client) == "1"
+
+
+def test_the_success_gauge_lasts_as_long_as_the_rejected_file(
+    setup: tuple[TestClient, Path, CollectorRegistry], repo: Path
+) -> None:
+    """gateway_config_last_reload_successful: 1 at start, 0 while the file on disk is a rejected one (however many
+    ticks), 1 again once the file is back to the serving config or a good one is applied."""
+    client, path, registry = setup
+
+    def successful() -> float | None:
+        return registry.get_sample_value("gateway_config_last_reload_successful")
+
+    good = path.read_text()
+    assert successful() == 1
+    path.write_text(config_text(repo, {"a": -1, "b": 1}))
+    assert watch_tick(client) == "rejected" and successful() == 0
+    assert watch_tick(client) == "unchanged" and successful() == 0
+    path.write_text(good)  # reverted: the serving config is on disk again
+    assert watch_tick(client) == "unchanged" and successful() == 1
+    path.write_text(config_text(repo, {"a": -1, "b": 1}))
+    assert watch_tick(client) == "rejected" and successful() == 0
+    path.write_text(config_text(repo, {"a": 50, "b": 50}))
+    assert watch_tick(client) == "applied" and successful() == 1
 
 
 def test_retired_version_leaves_the_exposition(setup: tuple[TestClient, Path, CollectorRegistry], repo: Path) -> None:
