@@ -35,11 +35,20 @@ from gateway.rollout.controller import (
     RolloutController,
     Traffic,
     fresh_state,
+    resumed,
     traffic_of,
 )
 from gateway.rollout.observations import FeedbackVerdict, LocalRecorder, Recorder, Side
 from gateway.rollout.settings import RolloutSettings, Validation
-from gateway.rollout.state import Identity, Phase, RolloutState, load_state, save_state
+from gateway.rollout.state import (
+    Identity,
+    Phase,
+    RolloutState,
+    load_state,
+    save_state,
+    transition_event,
+    transitions_since,
+)
 from gateway.rollout.timing import child_timer
 from gateway.rollout.validation import ValidationReport, validate_candidate
 from gateway.shadow.settings import DEFAULT as DEFAULT_SHADOW, CompareSettings, ShadowSettings
@@ -268,7 +277,7 @@ class RolloutManager:
                 continue
             stored = self._stored(settings, name, identity)
             if stored is not None:
-                state = self._resumed(stored, now)
+                state = resumed(stored, now)
             else:
                 why = "new rollout" if controller is None else "the candidate or baseline changed: a new rollout"
                 state = fresh_state(name, identity, settings, now, f"{why}: {identity.describe()}")
@@ -296,14 +305,6 @@ class RolloutManager:
                 " the file says; to keep %s, make it the baseline with all the weight in the same change",
                 name, candidate, candidate,
             )  # fmt: skip
-
-    def _resumed(self, state: RolloutState, now: float) -> RolloutState:
-        if state.phase in ("shadowing", "progressing"):
-            return state.moved(
-                state.phase, now, f"resumed after a restart at step {state.step + 1}, observed afresh",
-                step_started_at=now,
-            )  # fmt: skip
-        return state
 
     def _hand_edit(
         self, controller: RolloutController, generation: Generation, previous: Generation | None, now: float
@@ -490,13 +491,7 @@ class RolloutManager:
         settings = controller.settings
         if settings.state_file is not None:
             self._write(settings.state_file, state)
-        if before is None:
-            new_entries = tuple(t for t in state.history if since is not None and t.at >= since)
-        elif state.history[: len(before.history)] == before.history:
-            new_entries = state.history[len(before.history) :]
-        else:  # the history was trimmed at its cap
-            new_entries = state.history[-1:]
-        for entry in new_entries:
+        for entry in transitions_since(before, state, since):
             if entry.source != entry.target:
                 key = (state.route, entry.target)
                 self.transitions[key] = self.transitions.get(key, 0) + 1
@@ -520,22 +515,7 @@ class RolloutManager:
         url = controller.settings.webhook_url
         if self._webhook is None or url is None:
             return
-        state = controller.state
-        self._webhook.notify(
-            url,
-            {
-                "event": f"rollout_{phase}",
-                "route": state.route,
-                "phase": phase,
-                "step": state.step + 1,
-                "candidate": state.identity.candidate,
-                "candidate_version": state.identity.candidate_version,
-                "baseline": state.identity.baseline,
-                "baseline_version": state.identity.baseline_version,
-                "reason": reason,
-                "timestamp": at,
-            },
-        )
+        self._webhook.notify(url, transition_event(controller.state, phase, reason, at))
 
     def _write(self, path: Path, state: RolloutState) -> None:
         future = self._writer.submit(_save, path, state)

@@ -111,6 +111,17 @@ def fresh_state(route: str, identity: Identity, settings: RolloutSettings, now: 
     return state
 
 
+def resumed(state: RolloutState, now: float) -> RolloutState:
+    """A stored state taken up again after a restart: a running step is observed afresh (what the process saw of it
+    is gone), at the same step and weight, so traffic never jumps."""
+    if state.phase in ("shadowing", "progressing"):
+        return state.moved(
+            state.phase, now, f"resumed after a restart at step {state.step + 1}, observed afresh",
+            step_started_at=now,
+        )  # fmt: skip
+    return state
+
+
 class RolloutController:
     def __init__(
         self,

@@ -210,30 +210,35 @@ def _latency_ratio(gates: Gates, observations: StepObservations, live: bool) -> 
         return GateResult(name, "skipped", detail="off")
     if live:
         candidate, baseline = observations.candidate.latency, observations.baseline.latency
+        edges = observations.candidate.latency_edges
+        if not np.array_equal(edges, observations.baseline.latency_edges):
+            raise ValueError("the candidate's and the baseline's latency histograms have different bins")
         what = "request latency"
     else:
         candidate, baseline = observations.shadow.shadow_latency, observations.shadow.primary_latency
+        edges = LATENCY_EDGES
         what = "request latency, the candidate's estimated from paired shadow copies"
     n, base_n = int(candidate.sum()), int(baseline.sum())
     if not live and n == 0 and observations.shadow.completed >= gates.min_samples:
-        # A batched primary reports no model time of its own, so no copy can be paired with its request: the gate
-        # has nothing to judge in a shadow step (it judges the candidate's served latency in the weight steps).
-        return GateResult(name, "skipped", None, ratio, 0, "no paired latency: the primary reports no model time")
+        # No copy could be paired with its request (a batched primary reports no model time of its own; a fleet
+        # source has no pairs at all): the gate has nothing to judge in a shadow step, and judges the candidate's
+        # served latency in the weight steps.
+        return GateResult(name, "skipped", None, ratio, 0, f"no paired latency: {observations.shadow.unpaired}")
     early = _too_few(name, ratio, min(n, base_n), gates.min_samples, f"samples per version ({what})")
     if early is not None:
         return early
     tail = 1.0 - QUANTILE
     # histogram_quantile's level is two-sided: each edge of the bracket holds at half of it, as the test does.
-    base_p99, _, base_high = histogram_quantile(baseline, LATENCY_EDGES, QUANTILE, gates.alpha)
-    cand_p99, _, _ = histogram_quantile(candidate, LATENCY_EDGES, QUANTILE, gates.alpha)
+    base_p99, _, base_high = histogram_quantile(baseline, edges, QUANTILE, gates.alpha)
+    cand_p99, _, _ = histogram_quantile(candidate, edges, QUANTILE, gates.alpha)
     value = cand_p99 / base_p99 if base_p99 > 0 else math.inf
     detail = f"p99 {cand_p99 * 1e3:.3g} ms vs {base_p99 * 1e3:.3g} ms ({what}; {n} and {base_n} samples)"
     if math.isfinite(base_high):
-        slower = count_above(candidate, LATENCY_EDGES, ratio * base_high, "low")
+        slower = count_above(candidate, edges, ratio * base_high, "low")
         if log_evidence(slower, n, tail, "above") >= -math.log(gates.alpha / 2):
             return GateResult(name, "fail", value, ratio, n, detail)
-    if base_p99 > 0:
-        slower = count_above(candidate, LATENCY_EDGES, ratio * base_p99, "high")
+    if 0 < base_p99 < math.inf:  # a p99 in the open top bucket bounds nothing (coarse buckets end at 10 s)
+        slower = count_above(candidate, edges, ratio * base_p99, "high")
         if log_evidence(slower, n, tail, "below") >= -math.log(gates.pass_alpha):
             return GateResult(name, "pass", value, ratio, n, detail)
     return GateResult(name, "inconclusive", value, ratio, n, detail)

@@ -46,21 +46,29 @@ def _no_predictions() -> npt.NDArray[Any]:
     return np.zeros(0, dtype=np.int64)
 
 
+def _log_edges() -> npt.NDArray[np.float64]:
+    return LATENCY_EDGES
+
+
 @dataclass(frozen=True, slots=True)
 class Arm:
-    """One version's share of the step: answered requests, server errors among them, a histogram (over
-    LATENCY_EDGES) of sampled successful requests' latency, and their predictions."""
+    """One version's share of the step: answered requests, server errors among them, a histogram of their latency
+    over `latency_edges`, and their predictions. In process the histogram holds sampled successful requests on the
+    fine LATENCY_EDGES; a fleet source has only what the replicas export, every answered request on the buckets of
+    `gateway_request_duration_seconds`, so the edges travel with the counts."""
 
     requests: int = 0
     errors: int = 0
     latency: npt.NDArray[np.int64] = field(default_factory=_no_latency)
     predictions: npt.NDArray[Any] = field(default_factory=_no_predictions)
+    latency_edges: npt.NDArray[np.float64] = field(default_factory=_log_edges)
 
 
 @dataclass(frozen=True, slots=True)
 class ShadowArm:
     """The step's shadow copies to the candidate. Latency is paired request latency: the primary's, and the same
-    request's with the candidate's model time in place of the primary's (only pairs where both are known)."""
+    request's with the candidate's model time in place of the primary's (only pairs where both are known).
+    `unpaired` says why no copy could be paired, when none is."""
 
     completed: int = 0
     failed: int = 0
@@ -72,6 +80,7 @@ class ShadowArm:
     shadow_latency: npt.NDArray[np.int64] = field(default_factory=_no_latency)
     primary_predictions: npt.NDArray[Any] = field(default_factory=_no_predictions)
     shadow_predictions: npt.NDArray[Any] = field(default_factory=_no_predictions)
+    unpaired: str = "the primary reports no model time"  # a batched primary's copies carry no model time of its own
 
     @property
     def answered(self) -> int:

@@ -98,6 +98,34 @@ class RolloutState:
         }
 
 
+def transitions_since(
+    before: RolloutState | None, state: RolloutState, since: float | None = None
+) -> tuple[Transition, ...]:
+    """The history entries `state` added to `before`; for a new rollout (no `before`), those at or after `since`."""
+    if before is None:
+        return tuple(t for t in state.history if since is not None and t.at >= since)
+    if state.history[: len(before.history)] == before.history:
+        return state.history[len(before.history) :]
+    return state.history[-1:]  # the history was trimmed at its cap
+
+
+def transition_event(state: RolloutState, phase: str, reason: str, at: float) -> dict[str, Any]:
+    """The webhook body of a phase change."""
+    identity = state.identity
+    return {
+        "event": f"rollout_{phase}",
+        "route": state.route,
+        "phase": phase,
+        "step": state.step + 1,
+        "candidate": identity.candidate,
+        "candidate_version": identity.candidate_version,
+        "baseline": identity.baseline,
+        "baseline_version": identity.baseline_version,
+        "reason": reason,
+        "timestamp": at,
+    }
+
+
 def state_from_json(data: Any) -> RolloutState:
     """The state a file holds; ValueError (with what is wrong) for anything else."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
@@ -152,7 +180,13 @@ def load_state(path: Path) -> RolloutState | None:
 def save_state(path: Path, state: RolloutState) -> None:
     """Write atomically: readers (and a restart) see the old file or the new one, never a torn one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = orjson.dumps(state.to_json(), option=orjson.OPT_INDENT_2)
+    write_atomically(path, orjson.dumps(state.to_json(), option=orjson.OPT_INDENT_2))
+
+
+def write_atomically(path: Path, body: bytes) -> None:
+    """Replace `path` with `body` so that a reader (a replica's config watcher, a restart) sees the old file or the
+    new one, never a torn one: a temporary file in the same folder (a rename is atomic only within a filesystem),
+    its bytes fsynced before the rename, and the folder fsynced after it, so the rename itself survives a crash."""
     fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -163,6 +197,16 @@ def save_state(path: Path, state: RolloutState) -> None:
     except BaseException:
         with_suppressed_unlink(temporary)
         raise
+    try:
+        folder = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(folder)
+    except OSError:
+        pass  # a filesystem that cannot fsync a folder (some network and FUSE ones) has still renamed the file
+    finally:
+        os.close(folder)
 
 
 def with_suppressed_unlink(path: str) -> None:
