@@ -129,10 +129,13 @@ class VersionLoader:
         for route, name, key in _referenced(config):
             if key in loaded:
                 continue
+            # Every version named has its failure count from 0 on, so a version that loaded once and fails later (its
+            # file replaced by a broken one) is an increase; a series born at 1 is invisible to increase().
+            failures = self._metrics.model_load_failures.labels(key[0], str(key[1]))
             try:
                 loaded[key] = self.load(config.model_repository, key, previous.get(key), route.batching)
             except ModelLoadError as exc:
-                self._metrics.model_load_failures.labels(key[0], str(key[1])).inc()
+                failures.inc()
                 if strict:
                     where = f"{config.source}: routes.{route.name}.versions.{name}"
                     raise ModelLoadError(f"{where}: model {key[0]} version {key[1]}: {exc}") from exc

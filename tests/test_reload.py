@@ -271,6 +271,7 @@ def test_a_rejected_file_is_not_reprocessed_until_it_changes(
     setup: tuple[TestClient, Path, CollectorRegistry], repo: Path
 ) -> None:
     client, path, registry = setup
+    assert registry.get_sample_value("gateway_model_load_failures_total", {"model": "affine", "version": "1"}) == 0
     path.write_text(config_text(repo, {"a": 100}, {"a": 1, "b": 9}))
     assert watch_tick(client) == "rejected"
     assert watch_tick(client) == "unchanged"
