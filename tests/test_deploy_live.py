@@ -16,14 +16,11 @@ Every wait polls with a deadline; the module takes about 20 s.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import random
 import shutil
-import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +30,7 @@ import orjson
 import promql_parser
 import pytest
 import yaml
+from prometheus_server import poll, prometheus, query
 from server import Server, free_port, gateway
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,19 +82,7 @@ class Stack:
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         """The instant query's result; a parse or evaluation error fails the calling test with Prometheus' reason."""
-        response = httpx.post(f"{self.prometheus}/api/v1/query", data={"query": expr}, timeout=10.0)
-        body = response.json()
-        assert body["status"] == "success", f"{expr}\n-> {body.get('errorType')}: {body.get('error')}"
-        result: list[dict[str, Any]] = body["data"]["result"]
-        return result
-
-
-def poll(what: str, check: Callable[[], bool], deadline: float = 60.0) -> None:
-    end = time.monotonic() + deadline
-    while not check():
-        if time.monotonic() > end:
-            raise TimeoutError(f"{what}: not within {deadline:.0f}s")
-        time.sleep(0.2)  # poll interval, bounded by the deadline above
+        return query(self.prometheus, expr)
 
 
 def drive(server: Server, admin: str) -> None:
@@ -133,9 +119,6 @@ def drive(server: Server, admin: str) -> None:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    prometheus = shutil.which("prometheus")
-    if prometheus is None:
-        pytest.fail("prometheus not found: install the Debian package 'prometheus' (.ci/run does)")
     tmp = tmp_path_factory.mktemp("deploy-live")
     shutil.copytree(ROOT / "config" / "models", tmp / "models")
     broken = tmp / "models" / "breast_cancer" / "9" / "model.onnx"
@@ -144,69 +127,23 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     (tmp / "gateway.yaml").write_text(CONFIG)
     admin = free_port()
     args = ["--config", str(tmp / "gateway.yaml"), "--admin-port", str(admin), "--reload-interval", "0.2"]
-    with gateway(args, tmp / "gateway.log", cwd=tmp) as server:
-        web = free_port()
-        scrape = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(p) for p in RULE_FILES],
-            "scrape_configs": [
-                {
-                    "job_name": "gateway",
-                    "static_configs": [{"targets": [f"127.0.0.1:{admin}"], "labels": {"namespace": "deploy-test"}}],
-                }
-            ],
-        }
-        (tmp / "prometheus.yml").write_text(yaml.safe_dump(scrape))
-        with (
-            (tmp / "prometheus.log").open("wb") as log,
-            _process(
-                [
-                    prometheus,
-                    f"--config.file={tmp / 'prometheus.yml'}",
-                    f"--storage.tsdb.path={tmp / 'tsdb'}",
-                    f"--web.listen-address=127.0.0.1:{web}",
-                ],
-                log,
-            ) as process,
-        ):
-            url = f"http://127.0.0.1:{web}"
-            poll("prometheus ready", lambda: _ready(process, url, tmp / "prometheus.log"))
-            drive(server, f"http://127.0.0.1:{admin}")
-            stack = Stack(server, url)
-            # A scrape after the load, with the rollback and every drift window in it, then a rule evaluation after
-            # that scrape: the recording rules' series carry the rollback's route too.
-            poll(
-                "the rollback scraped and recorded",
-                lambda: (
-                    bool(stack.query('gateway_rollout_phase{phase="failed"} == 1'))
-                    and bool(stack.query("route_version:gateway_route_requests:share_rate5m"))
-                    and len(stack.query("count by (version) (gateway_drift_pvalue)")) >= 2
-                ),
-            )
-            yield stack
-
-
-@contextlib.contextmanager
-def _process(command: list[str], log: Any) -> Iterator[subprocess.Popen[bytes]]:
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _ready(process: subprocess.Popen[bytes], url: str, log: Path) -> bool:
-    if process.poll() is not None:
-        raise RuntimeError(f"prometheus exited with {process.returncode}:\n{log.read_text(errors='replace')}")
-    try:
-        return httpx.get(f"{url}/-/ready", timeout=1.0).status_code == 200
-    except httpx.TransportError:
-        return False
+    with (
+        gateway(args, tmp / "gateway.log", cwd=tmp) as server,
+        prometheus(tmp, [f"127.0.0.1:{admin}"], labels={"namespace": "deploy-test"}, rule_files=RULE_FILES) as url,
+    ):
+        drive(server, f"http://127.0.0.1:{admin}")
+        stack = Stack(server, url)
+        # A scrape after the load, with the rollback and every drift window in it, then a rule evaluation after
+        # that scrape: the recording rules' series carry the rollback's route too.
+        poll(
+            "the rollback scraped and recorded",
+            lambda: (
+                bool(stack.query('gateway_rollout_phase{phase="failed"} == 1'))
+                and bool(stack.query("route_version:gateway_route_requests:share_rate5m"))
+                and len(stack.query("count by (version) (gateway_drift_pvalue)")) >= 2
+            ),
+        )
+        yield stack
 
 
 def rules() -> list[dict[str, Any]]:
