@@ -58,6 +58,7 @@ from gateway.predlog import PredictionLog, PredictionLogMetrics, parse_predictio
 from gateway.protocol import strict_float_casts
 from gateway.publisher import Publisher
 from gateway.reloader import Reloader
+from gateway.remote.registry import EndpointRegistry
 from gateway.rollout.collector import RolloutCollector
 from gateway.rollout.controller import ACTIONS
 from gateway.rollouts import RolloutManager, validate_job
@@ -179,7 +180,8 @@ def create_app(
     rng = random.Random(seed)
     metrics = Metrics(registry, build_version=__version__, runtime_version=runtime_version())
     executor = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="onnx")
-    loader = VersionLoader(settings.onnx, executor, metrics, BatchingMetrics(registry))
+    remotes = EndpointRegistry(registry, retire_grace=settings.retire_grace)
+    loader = VersionLoader(settings.onnx, executor, metrics, BatchingMetrics(registry), remotes)
     http = httpx.AsyncClient(timeout=10.0)
     sampler = DriftSampler(capacity=settings.drift_buffer, rng=random.Random(rng.random()))
     webhook = Webhook(http)
@@ -207,7 +209,7 @@ def create_app(
         config_path=settings.config_path,
         model_repository=settings.model_repository,
         publisher=publisher,
-        on_swap=[drift.sync, rollouts.sync],
+        on_swap=[drift.sync, rollouts.sync, lambda generation, _: remotes.sync(generation.config)],
         retire_grace=settings.retire_grace,
     )
     snapshot = reloader.start()
@@ -269,6 +271,7 @@ def create_app(
             task.add_done_callback(_report_failure)
 
         spawn(monitor.run(settings.drift_interval), "drift-monitor")
+        spawn(remotes.run(), "remote-health")
         if settings.max_loop_lag > 0:
             spawn(LagMonitor(dataplane, settings.max_loop_lag).run(), "loop-lag")
         spawn(rollouts.run(settings.rollout_tick), "rollouts")
@@ -290,6 +293,7 @@ def create_app(
             await asyncio.gather(*tasks, return_exceptions=True)
             await shadows.aclose()
             await rollouts.aclose()
+            await remotes.aclose()
             if predlog is not None:
                 await predlog.aclose()
             await http.aclose()
@@ -317,6 +321,7 @@ def create_app(
     app.state.registry = registry
     app.state.rollouts = rollouts
     app.state.monitor = monitor
+    app.state.remotes = remotes
     if settings.exposed and settings.admin_token is None:
         logger.warning(
             "listening beyond loopback with no admin token: /admin changes (reload, rollout actions) are refused;"

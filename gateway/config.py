@@ -14,6 +14,7 @@ from typing import Any, Literal, TypeAlias, TypeVar
 import yaml
 
 from gateway.errors import ConfigError
+from gateway.remote.settings import RemoteSpec, check_endpoints, parse_remote
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_QUEUE_DELAY_US = 0  # Triton's default: batch only what is already waiting
@@ -43,8 +44,17 @@ class LocalVersion:
     version: int
 
 
-# Grows into `LocalVersion | RemoteVersion` when remote V2 endpoints ({url: ...}) are supported.
-VersionSpec: TypeAlias = LocalVersion
+@dataclass(frozen=True, slots=True)
+class RemoteVersion:
+    """A version another V2 server serves (gateway/remote): `version` is its name in the route, which is also its
+    label (a remote version has no repository number), and `remote` its parsed block."""
+
+    version: str
+    remote: RemoteSpec
+
+
+VersionSpec: TypeAlias = LocalVersion | RemoteVersion
+VersionId: TypeAlias = int | str  # a repository version number, or a remote version's name
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,6 +342,18 @@ def _parse_gateway(data: object, faults: _Faults, *, source: str, base_dir: Path
     drift_webhook = _loose_mapping(top.get("drift_webhook"), "drift_webhook", faults)
     if repository is None or server is None or routes is None:
         return None
+    remote = {
+        f"{_key_path('routes', route.name)}.versions.{name}": spec.remote
+        for route in routes.values()
+        for name, spec in route.versions.items()
+        if isinstance(spec, RemoteVersion)
+    }
+    try:
+        check_endpoints(remote)
+    except ConfigError as exc:
+        where, _, message = str(exc).partition(": ")
+        faults.add(where, message)
+        return None
     # abspath, not resolve(): a symlinked repository (a Kubernetes volume swaps a symlink) must be followed on every
     # load, not pinned to whatever it pointed at when the config was parsed.
     model_repository = Path(os.path.abspath(base_dir / Path(repository).expanduser()))
@@ -416,6 +438,14 @@ def _parse_versions(value: object, path: str, faults: _Faults) -> Mapping[str, V
             faults.add(item_path, f"version name {name!r} must start with a letter and match {VERSION_NAME.pattern}")
             ok = False
             continue
+        if isinstance(item, dict) and "endpoint" in item:
+            try:
+                versions[name] = RemoteVersion(name, parse_remote(item, item_path))
+            except ConfigError as exc:  # the remote package names the key: "path.key: message"
+                where, _, message = str(exc).partition(": ")
+                faults.add(where, message)
+                ok = False
+            continue
         number = _parse_version_number(item, item_path, faults)
         if number is None:
             ok = False
@@ -432,7 +462,7 @@ def _parse_versions(value: object, path: str, faults: _Faults) -> Mapping[str, V
 def _parse_version_number(value: object, path: str, faults: _Faults) -> int | None:
     if isinstance(value, dict):
         if "url" in value:
-            faults.add(f"{path}.url", "remote versions are not supported yet; use a repository version number")
+            faults.add(f"{path}.url", "a remote version names its server with `endpoint` (and `model`), not `url`")
             return None
         data = _mapping(value, path, faults, _VERSION_KEYS, required=_VERSION_KEYS)
         if data is None or "version" not in data:
@@ -440,7 +470,11 @@ def _parse_version_number(value: object, path: str, faults: _Faults) -> int | No
         return _integer(data["version"], f"{path}.version", faults, 1)
     if isinstance(value, int | float) and not isinstance(value, bool):
         return _integer(value, path, faults, 1)
-    faults.add(path, f"must be a repository version number (integer >= 1) or {{version: N}}, not {_type_name(value)}")
+    faults.add(
+        path,
+        f"must be a repository version number (integer >= 1), {{version: N}} or a remote version"
+        f" {{endpoint: URL, model: NAME}}, not {_type_name(value)}",
+    )
     return None
 
 

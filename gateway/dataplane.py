@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from time import perf_counter
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from gateway.backends import Arrays, Backend, Execution
 from gateway.drift.profile import Profile
@@ -28,6 +28,7 @@ from gateway.inference import InferenceRequest, InferenceResponse, Tensor
 from gateway.metrics import Metrics, VersionMetrics
 from gateway.predlog import Datatypes, PredictionLog
 from gateway.protocol import decode_request, encode_response, parse_header_length, requested_outputs
+from gateway.remote.settings import RemoteSource
 from gateway.repository import VersionSource
 from gateway.routing import Decision, RoutingTable, Target
 from gateway.shadow.runner import ShadowLane
@@ -42,16 +43,52 @@ PLATFORM = "onnxruntime_onnx"  # what Triton reports for ONNX models; clients sh
 Runner = Callable[[Arrays, Mapping[str, str], float], Any]
 
 
+class Channels(NamedTuple):
+    """The data plane's own side channels, for a request path that feeds them itself (a remote version's)."""
+
+    sampler: DriftSampler
+    predlog: PredictionLog | None
+
+
+class Remote(Protocol):
+    """A version another V2 server serves (gateway/remote): its requests are forwarded as bytes, never decoded here;
+    only what the side channels sample is decoded, after the answer."""
+
+    platform: str  # what the remote server reports
+    fallback: bool  # while its endpoint is ejected, the route's baseline serves its requests (else 503)
+
+    def available(self) -> bool:
+        """Its endpoint's health check says ready and it is not ejected."""
+        ...
+
+    def diverted(self) -> None:
+        """Count a request the baseline served instead."""
+        ...
+
+    async def forward(
+        self,
+        served: Served,
+        route: str,
+        decision: Decision,
+        record: DecisionRecord,
+        headers: Mapping[str, str],
+        body: bytes,
+        start: float,
+        channels: Channels,
+    ) -> Reply: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Served:
     """One loaded model version, ready to run: its backend, how to reach it and the metric children it records into."""
 
-    source: VersionSource
+    source: VersionSource | RemoteSource
     backend: Backend
     metrics: VersionMetrics
     infer: Runner
     drift_key: DriftKey
     profile: Profile | None = None  # the drift reference, when the version ships one
+    remote: Remote | None = None  # set when another V2 server serves it (gateway/remote)
     label: str = field(init=False)
     output_names: tuple[str, ...] = field(init=False)
     all_json: tuple[tuple[str, ...], tuple[bool, ...]] = field(init=False)  # every output, none binary
@@ -92,7 +129,7 @@ class DecisionRecord:
         counter: Count,
         route: str,
         name: str,
-        version: int,
+        version: int | str,
         reason: str,
         *,
         shadow: ShadowLane | None = None,
@@ -109,7 +146,7 @@ class Snapshot:
 
     generation: int
     table: RoutingTable
-    versions: Mapping[tuple[str, int], Served]
+    versions: Mapping[tuple[str, int | str], Served]
     # Per (route, version name, reason): made when the snapshot is built, so a request formats and binds nothing.
     decisions: Mapping[tuple[str, str, str], DecisionRecord]
     max_body_bytes: int = 64 * 1024 * 1024
@@ -154,6 +191,7 @@ class DataPlane:
         self._draw = draw
         self._sampler = sampler
         self._predlog = predlog
+        self._channels = Channels(sampler, predlog)
         self._inflight = metrics.inflight
         self.max_inflight = max_inflight  # 0: no global bound
         # Admission (gateway/admission.py) as one number a request compares its in-flight count with: the bound, or
@@ -199,10 +237,17 @@ class DataPlane:
             if served is None:
                 raise NotReadyError(f"model '{name}' version {target.version} is not loaded")
             metrics = served.metrics
-            if served.backend.shedding:  # admission (gateway/admission.py): refused before anything is decoded
-                raise served.backend.overloaded()
+            if served.backend.shedding:  # admission (gateway/admission.py), or an ejected remote endpoint
+                decision, served = self._fallback(snapshot, route.baseline, decision, served)  # or raises its refusal
+                target, metrics = decision.target, served.metrics
             record = snapshot.decisions[(name, target.name, decision.reason)]
             record.counter.value += 1  # Count.inc without the call: this runs for every request
+            if served.remote is not None:  # another V2 server serves it (gateway/remote): the body goes as bytes
+                remote = served.remote
+                reply = await remote.forward(served, name, decision, record, headers, body, start, self._channels)
+                metrics.success.value += 1
+                metrics.latency.observe(perf_counter() - start)
+                return reply
             header = headers.get(HEADER_LENGTH)
             request_head = None if header is None else parse_header_length(header, len(body))
             # The common shapes (JSON asking for every output; tritonclient's binary) go the fast lane; anything
@@ -270,6 +315,18 @@ class DataPlane:
         return Reply(encoded, head_length, record.header)
 
     @staticmethod
+    def _fallback(snapshot: Snapshot, baseline: Target, decision: Decision, served: Served) -> tuple[Decision, Served]:
+        """A version that refuses new requests now: its route's baseline serves them instead when it is a remote
+        version that falls back (and the baseline can), else its refusal is raised."""
+        remote = served.remote
+        if remote is not None and remote.fallback:
+            instead = snapshot.versions.get((baseline.model, baseline.version))
+            if instead is not None and instead is not served and not instead.backend.shedding:
+                remote.diverted()
+                return Decision(baseline, "fallback"), instead
+        raise served.backend.overloaded()
+
+    @staticmethod
     def _log(
         predlog: PredictionLog,
         route: str,
@@ -327,7 +384,7 @@ class DataPlane:
         body: dict[str, Any] = {
             "name": name,
             "versions": [str(t.version) for t in route.targets],
-            "platform": PLATFORM,
+            "platform": PLATFORM if served.remote is None else served.remote.platform,
             "inputs": [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in signature.inputs],
             "outputs": [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in signature.outputs],
         }
@@ -336,20 +393,28 @@ class DataPlane:
         return body
 
     def model_ready(self, name: str, pin: str | None) -> bool:
+        """Loaded, and for a remote version its endpoint ready (its health check) and not ejected."""
         try:
-            self.resolve(name, pin)
+            _, served = self.resolve(name, pin)
         except NotReadyError:
             return False
-        return True
+        return served.remote is None or served.remote.available()
 
     def ready(self) -> bool:
-        """Ready when every version that a route can send traffic to is loaded, and not draining."""
+        """Ready when every version that a route can send traffic to can serve it, and not draining: loaded, and a
+        remote one's endpoint available unless its route's baseline takes its requests meanwhile (fallback)."""
         if self.draining:
             return False
         snapshot = self._snapshot
-        return all(
-            (t.model, t.version) in snapshot.versions
-            for route in snapshot.table.routes.values()
-            for t in route.targets
-            if route.weights()[t.name] > 0
-        )
+        for route in snapshot.table.routes.values():
+            weights = route.weights()
+            for t in route.targets:
+                if weights[t.name] <= 0:
+                    continue
+                served = snapshot.versions.get((t.model, t.version))
+                if served is None:
+                    return False
+                remote = served.remote
+                if remote is not None and not remote.fallback and not remote.available():
+                    return False
+        return True

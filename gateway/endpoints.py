@@ -25,6 +25,8 @@ from gateway.errors import (
     OverloadedError,
     PayloadTooLargeError,
     ProtocolError,
+    RemoteError,
+    RemoteTimeoutError,
     UnknownModelError,
     UnsupportedError,
 )
@@ -46,6 +48,8 @@ STATUS: Mapping[type[GatewayError], int] = {
     DeadlineExceededError: 504,
     UnsupportedError: 501,
     BackendError: 500,
+    RemoteError: 502,
+    RemoteTimeoutError: 504,
 }
 
 

@@ -67,6 +67,23 @@ class BackendError(GatewayError):
     """The model runtime failed while running a request."""
 
 
+class RemoteError(BackendError):
+    """A remote endpoint failed a request: an error status, a dropped connection, an answer that is not V2 (502). The
+    message names the endpoint. Routine: the endpoint's metrics count each, and its ejection is logged once."""
+
+    routine = True
+
+
+class RemoteUnavailableError(NotReadyError):
+    """A remote endpoint cannot take the request: unreachable, ejected after failures, or saying so itself (503)."""
+
+
+class RemoteTimeoutError(GatewayError):
+    """A remote endpoint did not answer within the version's timeout or the request's deadline (504)."""
+
+    routine = True
+
+
 class ModelLoadError(GatewayError):
     """A model version could not be loaded; the message names the path and the reason."""
 

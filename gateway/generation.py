@@ -59,7 +59,7 @@ def parse_features(config: GatewayConfig) -> Features:
     shadow: dict[str, ShadowSettings | None] = {}
     rollout: dict[str, RolloutSettings | None] = {}
     experiment: dict[str, RouteExperiment | None] = {}
-    batching: dict[tuple[str, int], tuple[str, object]] = {}
+    batching: dict[Key, tuple[str, object]] = {}
     for name, route in config.routes.items():
         for spec in route.versions.values():
             first = batching.setdefault((route.model, spec.version), (name, route.batching))

@@ -15,17 +15,27 @@ from gateway.admission import NO_HEADERS, request_timeout
 from gateway.backends import Arrays, Execution
 from gateway.backends.onnx import OnnxBackend, OnnxOptions, load_onnx
 from gateway.batching import BatchingMetrics, DynamicBatcher, executor_offload
-from gateway.config import BatchingConfig, GatewayConfig, LocalVersion, RouteConfig, SplitConfig
+from gateway.config import (
+    BatchingConfig,
+    GatewayConfig,
+    LocalVersion,
+    RemoteVersion,
+    RouteConfig,
+    SplitConfig,
+    VersionId,
+)
 from gateway.dataplane import Runner, Served
 from gateway.drift.profile import Profile, load_profile
 from gateway.drift.sampler import DriftKey
 from gateway.errors import ModelLoadError
 from gateway.metrics import Metrics, VersionMetrics
+from gateway.remote.registry import EndpointRegistry
+from gateway.remote.settings import RemoteSpec
 from gateway.repository import METADATA_FILE, MODEL_FILE, VersionSource, locate, scan_models
 
 logger = logging.getLogger(__name__)
 
-Key = tuple[str, int]
+Key = tuple[str, VersionId]  # (model, repository version number) or, for a remote version, (model, its name)
 PROFILE_FILE = "profile.json"
 
 
@@ -57,7 +67,7 @@ def _folder_stamp(source: VersionSource) -> tuple[FileStamp | None, ...]:
 @dataclass(frozen=True, slots=True)
 class Loaded:
     served: Served
-    stamp: tuple[FileStamp | None, ...]
+    stamp: tuple[object, ...]  # what reuse depends on: the folder's file stamps, or a remote version's (registry)
     batching: BatchingConfig | None = None
     batcher: DynamicBatcher | None = None  # closed (queue drained) when the version is retired
     digest: str = ""  # sha256 of the model file's bytes: what a rollout is about survives touches and restarts
@@ -66,18 +76,34 @@ class Loaded:
 class VersionLoader:
     """Loads versions from one repository. Blocking (reads files, builds sessions): reloads call it off the loop."""
 
-    def __init__(self, options: OnnxOptions, executor: Executor, metrics: Metrics, batching: BatchingMetrics) -> None:
+    def __init__(
+        self,
+        options: OnnxOptions,
+        executor: Executor,
+        metrics: Metrics,
+        batching: BatchingMetrics,
+        remotes: EndpointRegistry | None = None,
+    ) -> None:
         self._options = options
         self._executor = executor
         self._metrics = metrics
         self._batching = batching
+        self._remotes = remotes if remotes is not None else EndpointRegistry(metrics.registry)
+        self._remote_urls: dict[Key, str] = {}  # the endpoint of each remote version tried: a failed one's retry
 
-    def load(self, root: Path, key: Key, previous: Loaded | None, batching: BatchingConfig | None) -> Loaded:
+    @property
+    def remotes(self) -> EndpointRegistry:
+        return self._remotes
+
+    def load(
+        self, root: Path, key: tuple[str, int], previous: Loaded | None, batching: BatchingConfig | None
+    ) -> Loaded:
         source = locate(root, *key)
         stamp = _folder_stamp(source)
         if (
             previous is not None
             and previous.stamp == stamp
+            and isinstance(previous.served.source, VersionSource)
             and previous.served.source.folder == source.folder
             and previous.batching == batching
         ):
@@ -132,8 +158,13 @@ class VersionLoader:
             # Every version named has its failure count from 0 on, so a version that loaded once and fails later (its
             # file replaced by a broken one) is an increase; a series born at 1 is invisible to increase().
             failures = self._metrics.model_load_failures.labels(key[0], str(key[1]))
+            spec = route.versions[name]
             try:
-                loaded[key] = self.load(config.model_repository, key, previous.get(key), route.batching)
+                if isinstance(spec, RemoteVersion):
+                    loaded[key] = self._remote(config, route, name, spec.remote, previous.get(key))
+                else:
+                    loaded[key] = self.load(config.model_repository, (key[0], spec.version), previous.get(key),
+                                            route.batching)  # fmt: skip
             except ModelLoadError as exc:
                 failures.inc()
                 if strict:
@@ -142,6 +173,37 @@ class VersionLoader:
                 logger.error("model %s version %s failed to load: %s", key[0], key[1], exc)
                 failed[key] = str(exc)
         return loaded, failed
+
+    def _remote(
+        self, config: GatewayConfig, route: RouteConfig, name: str, spec: RemoteSpec, previous: Loaded | None
+    ) -> Loaded:
+        """A remote version (gateway/remote): kept when its block, endpoint and profile are unchanged, else built,
+        which reads its model's metadata from the endpoint."""
+        self._remote_urls[(route.model, name)] = spec.endpoint
+        stamp = self._remotes.stamp(spec, config.base_dir)
+        if previous is not None and previous.stamp == stamp:
+            return previous
+        where = f"routes.{route.name}.versions.{name}"
+        version = self._remotes.build(
+            route.model, name, spec, where=where, config_dir=config.base_dir, repository=config.model_repository
+        )
+        backend = version.backend
+        served = Served(
+            version.source, backend, self._metrics.bind(route.model, name), backend.infer, DriftKey(route.model, name),
+            version.profile, remote=backend,
+        )  # fmt: skip
+        return Loaded(served, stamp, digest=backend.digest)
+
+    def retry_stamp(self, root: Path, key: Key) -> object:
+        """What tells that a version that failed to load may load now: its model file's stamp, or for a remote
+        version the times its endpoint's health check saw it become ready."""
+        url = self._remote_urls.get(key)
+        if url is not None:
+            return self._remotes.recoveries(url)
+        try:
+            return FileStamp.of(root / key[0] / str(key[1]) / MODEL_FILE)
+        except OSError:
+            return None
 
 
 def _sha256(path: Path) -> str:

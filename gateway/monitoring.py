@@ -11,6 +11,7 @@ from gateway.drift.profile import Profile
 from gateway.drift.sampler import DriftKey
 from gateway.drift.settings import DriftSettings
 from gateway.generation import Generation
+from gateway.repository import VersionSource
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +38,11 @@ class DriftRegistry:
                     continue
                 served = loaded.served
                 if served.profile is None:
+                    source = served.source
+                    where = source.folder if isinstance(source, VersionSource) else f"remote version {source}"
                     logger.warning(
-                        "routes.%s.drift is on but %s has no profile.json: build one with `gateway profile`",
-                        name, served.source.folder,
+                        "routes.%s.drift is on but %s has no profile.json: build one with `gateway profile` (a remote"
+                        " version names it with `profile:`)", name, where,
                     )  # fmt: skip
                     continue
                 wanted.setdefault(served.drift_key, (served.profile, settings))

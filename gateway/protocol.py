@@ -121,6 +121,40 @@ def encode_response(response: InferenceResponse) -> tuple[bytes, int | None]:
     return b"".join((encoded, *buffers)), len(encoded)
 
 
+def decode_response(body: bytes, header_length: int | None = None) -> InferenceResponse:
+    """Decode a V2 inference response (another server's answer), as strictly as a request; ProtocolError names the
+    output at fault."""
+    if header_length is None:
+        head, raw = _loads(body), _EMPTY
+    else:
+        view = memoryview(body)
+        head, raw = _loads(view[:header_length]), view[header_length:]
+    if not isinstance(head, dict) or not isinstance(head.get("outputs"), list):
+        raise ProtocolError("a response must be a JSON object with an 'outputs' list")
+    offset = 0
+    outputs: list[Tensor] = []
+    for i, item in enumerate(head["outputs"]):
+        tensor, offset = _decode_input(item, i, raw, offset, "output")
+        outputs.append(tensor)
+    response_id = head.get("id")
+    return InferenceResponse(
+        model_name=str(head.get("model_name", "")),
+        model_version=str(head.get("model_version", "")),
+        outputs=tuple(outputs),
+        id=response_id if isinstance(response_id, str) else None,
+    )
+
+
+def encode_request(inputs: Mapping[str, npt.NDArray[Any]]) -> bytes:
+    """A V2 JSON inference request for named arrays, asking for every output as JSON (what the gateway sends a
+    remote version for a shadow copy or a validation run)."""
+    tensors = []
+    for name, array in inputs.items():
+        tensor = Tensor(name, DATATYPE_OF[array.dtype], array)
+        tensors.append({"name": name, "datatype": tensor.datatype, "shape": array.shape, "data": _to_json_data(tensor)})
+    return orjson.dumps({"inputs": tensors}, option=_JSON_OPTIONS)
+
+
 def encode_error(message: str) -> bytes:
     return orjson.dumps({"error": message})
 
@@ -143,14 +177,14 @@ def _parameters(value: object, where: str) -> dict[str, Any]:
     return value
 
 
-def _decode_input(item: object, index: int, raw: memoryview, offset: int) -> tuple[Tensor, int]:
-    where = f"inputs[{index}]"
+def _decode_input(item: object, index: int, raw: memoryview, offset: int, kind: str = "input") -> tuple[Tensor, int]:
+    where = f"{kind}s[{index}]"
     if not isinstance(item, dict):
         raise ProtocolError(f"{where} must be a JSON object")
     name = item.get("name")
     if not isinstance(name, str) or not name:
         raise ProtocolError(f"{where}.name must be a non-empty string")
-    where = f"input '{name}'"
+    where = f"{kind} '{name}'"
     datatype = item.get("datatype")
     if not isinstance(datatype, str) or datatype not in DTYPES:
         supported = ", ".join(DTYPES)

@@ -24,6 +24,9 @@ from gateway.shadow.settings import DEFAULT as DEFAULT_SHADOW
 logger = logging.getLogger(__name__)
 
 REASONS: tuple[Reason, ...] = ("override", "pin", "sticky", "weighted")
+# The baseline's record for requests a remote version diverted to it while its endpoint was ejected; made only on
+# routes with a version that falls back, so other routes export no series for it.
+FALLBACK: tuple[Reason, ...] = (*REASONS, "fallback")
 
 
 class Planner(Protocol):
@@ -66,11 +69,12 @@ class Publisher:
         for name, route in table.routes.items():
             plan = plans[name]
             lane = self._lane(generation, name, route, plan, served)
+            diverts = any(_falls_back(served.get((t.model, t.version))) for t in route.targets)
             for target in route.targets:
                 shadow = lane if lane is not None and target.name != lane.version else None
                 tap = plan.taps.get(target.name)
                 ledger = experiments.lane(name, target.name) if experiments is not None else None
-                for reason in REASONS:
+                for reason in FALLBACK if diverts and target is route.baseline else REASONS:
                     counter = self._metrics.route_requests.labels(name, target.name, reason)
                     decisions[(name, target.name, reason)] = DecisionRecord.of(
                         counter, name, target.name, target.version, reason, shadow=shadow, tap=tap, ledger=ledger
@@ -83,7 +87,12 @@ class Publisher:
         return Snapshot(generation.number, table, served, decisions, config.server.max_body_bytes)
 
     def _lane(
-        self, generation: Generation, name: str, route: Route, plan: RoutePlan, served: Mapping[tuple[str, int], Served]
+        self,
+        generation: Generation,
+        name: str,
+        route: Route,
+        plan: RoutePlan,
+        served: Mapping[tuple[str, int | str], Served],
     ) -> ShadowLane | None:
         if self._shadows is None or plan.shadow_to is None or plan.shadow_percent <= 0:
             return None
@@ -118,6 +127,10 @@ class Publisher:
         for (name, version), share in now.items():
             gauge.labels(name, version).set(share)
         self._published = set(now)
+
+
+def _falls_back(served: Served | None) -> bool:
+    return served is not None and served.remote is not None and served.remote.fallback
 
 
 def _references(generation: Generation) -> dict[str, dict[str, dict[str, float]]]:

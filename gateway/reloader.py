@@ -18,10 +18,9 @@ from gateway.config import parse_config_bytes
 from gateway.dataplane import DataPlane, Snapshot
 from gateway.errors import ConfigError, GatewayError, ModelLoadError
 from gateway.generation import Generation, parse_features
-from gateway.loader import FileStamp, Key, Loaded, VersionLoader, repository_config
+from gateway.loader import Key, Loaded, VersionLoader, repository_config
 from gateway.metrics import Metrics
 from gateway.publisher import Publisher
-from gateway.repository import MODEL_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +57,7 @@ class Reloader:
         self._retiring: set[asyncio.Future[None]] = set()
         self._grace = retire_grace
         self._rejected_digest: str | None = None  # the last file rejected: not re-processed until it changes
-        self._failed_stamps: dict[Key, FileStamp | None] = {}  # model files of failed versions, as last tried
+        self._failed_stamps: dict[Key, object] = {}  # failed versions' model files (or endpoints), as last tried
 
     @property
     def current(self) -> Generation:
@@ -147,12 +146,13 @@ class Reloader:
             logger.info("config generation %d applied from %s", generation.number, self._path)
             return "applied"
 
-    def _stamps(self, keys: Iterable[Key]) -> dict[Key, FileStamp | None]:
+    def _stamps(self, keys: Iterable[Key]) -> dict[Key, object]:
         root = self.current.config.model_repository
-        return {key: _stamp(root / key[0] / str(key[1]) / MODEL_FILE) for key in keys}
+        return {key: self._loader.retry_stamp(root, key) for key in keys}
 
     def _failed_changed(self) -> bool:
-        """Whether a version that failed to load has a different model file now (cheap: one stat each)."""
+        """Whether a version that failed to load has a different model file now, or its remote endpoint became ready
+        (cheap: one stat or one read each)."""
         failed = self.current.failed
         return bool(failed) and self._stamps(failed) != self._failed_stamps
 
@@ -211,13 +211,6 @@ class Reloader:
                 await self.check_once()
             except Exception:  # the watcher must outlive any surprise; the next tick tries again
                 logger.exception("config check failed")
-
-
-def _stamp(path: Path) -> FileStamp | None:
-    try:
-        return FileStamp.of(path)
-    except OSError:
-        return None
 
 
 class _ReloadMetrics:

@@ -119,7 +119,7 @@ def identity_of(generation: Generation, route: str, settings: RolloutSettings) -
     )
 
 
-def _loaded(generation: Generation, route: RouteConfig, name: str) -> tuple[int, str] | None:
+def _loaded(generation: Generation, route: RouteConfig, name: str) -> tuple[int | str, str] | None:
     version = route.versions[name].version
     loaded = generation.loaded.get((route.model, version))
     if loaded is None:

@@ -47,16 +47,18 @@ from gateway.errors import ProtocolError, UnknownModelError, UnknownVersionError
 
 BUCKETS = 10_000  # fixed: changing it reshuffles every sticky key
 
-Reason: TypeAlias = Literal["override", "pin", "sticky", "weighted"]
+# "fallback" is never picked: the data plane decides it when a remote version's endpoint is ejected (gateway/remote).
+Reason: TypeAlias = Literal["override", "pin", "sticky", "weighted", "fallback"]
 
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """One servable version of a route: `name` from the config, `model`/`version` in the model repository."""
+    """One servable version of a route: `name` from the config, `model`/`version` in the model repository (a remote
+    version's `version` is its name: gateway/remote)."""
 
     name: str
     model: str
-    version: int
+    version: int | str
 
 
 @dataclass(frozen=True, slots=True)

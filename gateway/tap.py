@@ -49,6 +49,24 @@ class Tap:
             return
         self._buffer.append((seconds, outputs))
 
+    def due(self) -> bool:
+        """`offer`'s draw alone, for a caller that has the outputs only once it knows (a remote version decodes its
+        answer only when sampled); `keep` then takes them. `offer` is the two inline, for the local request path."""
+        skip = self._skip
+        if skip > 0:
+            self._skip = skip - 1
+            return False
+        self._skip = self._gap()
+        return True
+
+    def keep(self, seconds: float, outputs: Outputs) -> None:
+        """Take one request `due` chose. Never raises, never blocks."""
+        self.taken += 1
+        if len(self._buffer) >= self._capacity:
+            self.dropped += 1
+            return
+        self._buffer.append((seconds, outputs))
+
     def drain(self) -> list[Sample]:
         """Take every kept sample (oldest first). Safe from another thread: deque pops are atomic."""
         out: list[Sample] = []

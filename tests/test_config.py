@@ -262,8 +262,8 @@ BAD: list[tuple[str, str, str]] = [
     (
         "version number a string",
         MINIMAL.replace("canary: 2", "canary: 'two'"),
-        "routes.fraud.versions.canary: must be a repository version number (integer >= 1) or {version: N},"
-        " not a string",
+        "routes.fraud.versions.canary: must be a repository version number (integer >= 1), {version: N} or a remote"
+        " version {endpoint: URL, model: NAME}, not a string",
     ),
     (
         "version number fractional",
@@ -271,9 +271,19 @@ BAD: list[tuple[str, str, str]] = [
         "routes.fraud.versions.canary: must be an integer >= 1, not a number",
     ),
     (
-        "remote version not yet",
+        "remote version by url",
         MINIMAL.replace("canary: 2", "canary: {url: 'http://triton:8000'}"),
-        "routes.fraud.versions.canary.url: remote versions are not supported yet",
+        "routes.fraud.versions.canary.url: a remote version names its server with `endpoint` (and `model`), not `url`",
+    ),
+    (
+        "remote version without a model",
+        MINIMAL.replace("canary: 2", "canary: {endpoint: 'http://triton:8000'}"),
+        "routes.fraud.versions.canary.model: is required",
+    ),
+    (
+        "remote version with a bad endpoint",
+        MINIMAL.replace("canary: 2", "canary: {endpoint: 'triton:8000', model: m}"),
+        "routes.fraud.versions.canary.endpoint: must be an http(s) URL with a host",
     ),
     (
         "unknown key in long version form",

@@ -30,7 +30,11 @@ class ModelFile:
 
 
 class Backend(Protocol):
-    shedding: bool  # a new request would be refused for the work queued ahead of it (gateway/admission.py)
+    @property
+    def shedding(self) -> bool:
+        """A new request would be refused now: the work queued ahead of it (gateway/admission.py), or a remote
+        endpoint ejected (gateway/remote). An attribute where it can be (the data plane reads it per request)."""
+        ...
 
     @property
     def signature(self) -> Signature: ...

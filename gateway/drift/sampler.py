@@ -168,6 +168,43 @@ class DriftSampler:
         sample_out = {name: a for name, a in outputs.items() if a.ndim >= 1 and a.shape[0] == 1}  # the model's own
         self._buffer.append((key, sample_in, sample_out, 1))
 
+    def due(self, key: DriftKey) -> bool:
+        """One Bernoulli(rate) draw for a whole request of `key`, before anything of it is decoded: a caller that
+        decodes only what is sampled (a remote version's forwarded request) asks this, then hands the rows to
+        `take`. Each row is still sampled at the key's rate; a request's rows are taken together. Never raises."""
+        state = self._states.get(key)
+        if state is None:
+            return False
+        if state.skip > 0:
+            state.skip -= 1
+            return False
+        try:
+            state.skip = self._gap(state)
+        except Exception:
+            self.failures += 1
+            return False
+        return True
+
+    def take(
+        self, key: DriftKey, inputs: Mapping[str, npt.NDArray[Any]], outputs: Mapping[str, npt.NDArray[Any]]
+    ) -> None:
+        """Every row of a request `due` chose: bounded and counted as `offer`'s. Never raises, never blocks."""
+        try:
+            state = self._states.get(key)
+            if state is None:
+                return
+            first = next(iter(inputs.values()))
+            rows = first.shape[0] if first.ndim else 1
+            if not self._room(state, rows):
+                return
+            sample_in = {
+                name: a.reshape(1) if a.ndim == 0 else a.copy() if views_body(a) else a for name, a in inputs.items()
+            }
+            sample_out = {name: a for name, a in outputs.items() if _has_rows(a, rows)}
+            self._buffer.append((key, sample_in, sample_out, rows))
+        except Exception:  # a side channel must never fail its caller
+            self.failures += 1
+
     def _room(self, state: _KeyState, count: int) -> bool:
         """Count `count` selected rows as taken; False (and counted as dropped) when the buffer is full."""
         state.taken += count

@@ -32,10 +32,10 @@ class Identity:
     replaced in place (same version number, new bytes; a file only touched or copied anew is the same)."""
 
     candidate: str
-    candidate_version: int
+    candidate_version: int | str  # a repository number, or a remote version's name
     candidate_model: str  # sha256 of the candidate's model file
     baseline: str
-    baseline_version: int
+    baseline_version: int | str
     baseline_model: str  # sha256 of the baseline's model file
 
     def describe(self) -> str:

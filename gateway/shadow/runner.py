@@ -114,6 +114,15 @@ class ShadowLane:
         primary's model time (None if unknown), `elapsed` the request's latency."""
         if self._random() >= self.probability:
             return
+        self.start(inputs, primary, primary_compute, elapsed)
+
+    def chosen(self) -> bool:
+        """`offer`'s draw alone, for a caller that decodes the request only when it is copied (a remote version);
+        `start` then copies it."""
+        return self._random() < self.probability
+
+    def start(self, inputs: Arrays, primary: Outputs, primary_compute: float | None, elapsed: float) -> None:
+        """Copy one request the draw chose: a task, unless `max_inflight` copies already run (dropped, counted)."""
         stats = self._stats
         if stats.inflight >= self._max_inflight:
             self._finish("dropped", ShadowResult("dropped", 0, 0, elapsed, None, None, None))
