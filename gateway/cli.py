@@ -1,4 +1,4 @@
-"""`gateway serve | validate | profile | rollout`: the command line."""
+"""`gateway serve | validate | profile | rollout | rollout-controller`: the command line."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
 from gateway.drift import command as profile_command
+from gateway.fleet import command as fleet_command
 from gateway.paths import allow
 from gateway.rollout import command as rollout_command
 
@@ -287,6 +288,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     profile_command.add_arguments(p)
     r = sub.add_parser("rollout", help="show or steer a running gateway's rollouts (status, pause, resume, ...)")
     rollout_command.add_arguments(r)
+    f = sub.add_parser(
+        "rollout-controller", help="run a fleet's rollouts: gates from Prometheus, steps published in the routing file"
+    )
+    fleet_command.add_arguments(f)
+    _allow_path_argument(f)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=getattr(args, "log_level", "info").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -303,6 +309,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return profile_command.run(args)
     if args.command == "rollout":
         return rollout_command.run(args)
+    if args.command == "rollout-controller":
+        allow(args.allow_path)
+        return fleet_command.run(args)
     parser.error(f"unknown command {args.command}")
     return 2
 
