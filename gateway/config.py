@@ -354,6 +354,20 @@ def _parse_gateway(data: object, faults: _Faults, *, source: str, base_dir: Path
         where, _, message = str(exc).partition(": ")
         faults.add(where, message)
         return None
+    # A version is (model, version) wherever it is named, so one model's remote version name means one remote block.
+    blocks: dict[tuple[str, str], tuple[str, RemoteSpec]] = {}
+    for route in routes.values():
+        for name, spec in route.versions.items():
+            if isinstance(spec, RemoteVersion):
+                path = f"{_key_path('routes', route.name)}.versions.{name}"
+                first = blocks.setdefault((route.model, name), (path, spec.remote))
+                if first[1] != spec.remote:
+                    faults.add(
+                        path,
+                        f"model {route.model} has a remote version {name!r} with another block at {first[0]}; one"
+                        " model's version name is one version: give this one another name",
+                    )
+                    return None
     # abspath, not resolve(): a symlinked repository (a Kubernetes volume swaps a symlink) must be followed on every
     # load, not pinned to whatever it pointed at when the config was parsed.
     model_repository = Path(os.path.abspath(base_dir / Path(repository).expanduser()))

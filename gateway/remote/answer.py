@@ -25,9 +25,10 @@ from gateway.errors import (
 )
 
 HEADER_LENGTH = "inference-header-content-length"
-# The leading fields: model_name, then model_version if the server sends it (JSON escapes allowed in both).
+# The leading fields: model_name, then model_version if the server sends it (a string, or null as KServe writes
+# it when it has none; JSON escapes allowed).
 _LEADING = re.compile(
-    rb'\s*\{\s*"model_name"\s*:\s*"(?:[^"\\]|\\.)*"\s*,(?:\s*"model_version"\s*:\s*"(?:[^"\\]|\\.)*"\s*,)?'
+    rb'\s*\{\s*"model_name"\s*:\s*"(?:[^"\\]|\\.)*"\s*,(?:\s*"model_version"\s*:\s*(?:"(?:[^"\\]|\\.)*"|null)\s*,)?'
 )
 
 

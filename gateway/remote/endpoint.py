@@ -28,6 +28,8 @@ from gateway.remote.metrics import EndpointMetrics, RemoteMetrics
 from gateway.remote.settings import EndpointSettings
 
 logger = logging.getLogger(__name__)
+# httpx logs every request at INFO: at thousands a second that is the log. Faults are counted and said here instead.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 T = TypeVar("T")
 # Ask for answers as they are: compressing them would cost both servers more than loopback or a LAN saves.

@@ -108,9 +108,12 @@ class EndpointRegistry:
             path = (config_dir or Path.cwd()) / spec.profile
             check_contained(path, f"{where}.profile", config_dir=config_dir, repository=repository)
             profile = load_profile(path, metadata.signature)
+        # The remote's own parameters (another gateway sends its metadata.json: feature_names, metrics), but not its
+        # names for the version: the gateway's metadata answer says what the version is called here.
+        own = {k: v for k, v in metadata.parameters.items() if k not in ("version", "version_name")}
         parameters = {
             "endpoint": spec.endpoint, "remote_model": spec.model, "remote_version": spec.version,
-            "remote_platform": metadata.platform, **metadata.parameters,
+            "remote_platform": metadata.platform, **own,
         }  # fmt: skip
         source = RemoteSource(model, name, spec, parameters)
         logger.info("%s: %s loaded (%d inputs, %d outputs)", where, what, len(metadata.signature.inputs),
