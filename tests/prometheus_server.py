@@ -9,12 +9,12 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 import pytest
 import yaml
-from server import free_port
+from server import free_port, running
 
 
 def poll(what: str, check: Callable[[], bool], deadline: float = 60.0, interval: float = 0.2) -> None:
@@ -23,21 +23,6 @@ def poll(what: str, check: Callable[[], bool], deadline: float = 60.0, interval:
         if time.monotonic() > end:
             raise TimeoutError(f"{what}: not within {deadline:.0f}s")
         time.sleep(interval)  # poll interval, bounded by the deadline above
-
-
-@contextlib.contextmanager
-def running(command: list[str], log: IO[bytes]) -> Iterator[subprocess.Popen[bytes]]:
-    """A child process, terminated (then killed) on the way out."""
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @contextlib.contextmanager

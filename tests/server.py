@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -41,20 +42,13 @@ class Server:
 
 
 @contextlib.contextmanager
-def gateway(args: list[str], log: Path, *, cwd: Path | None = None, deadline: float = 60.0) -> Iterator[Server]:
-    port = free_port()
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--drain-delay", "0", *args],
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            cwd=cwd,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    server = Server(process, port, log)
+def running(
+    command: list[str], log: IO[bytes], *, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A child process writing to `log`, terminated (then killed) on the way out."""
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=env)
     try:
-        wait_ready(server, deadline)
-        yield server
+        yield process
     finally:
         process.terminate()
         try:
@@ -62,6 +56,19 @@ def gateway(args: list[str], log: Path, *, cwd: Path | None = None, deadline: fl
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@contextlib.contextmanager
+def gateway(args: list[str], log: Path, *, cwd: Path | None = None, deadline: float = 60.0) -> Iterator[Server]:
+    port = free_port()
+    command = [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--drain-delay", "0", *args]
+    with (
+        log.open("wb") as sink,
+        running(command, sink, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"}) as process,
+    ):
+        server = Server(process, port, log)
+        wait_ready(server, deadline)
+        yield server
 
 
 def wait_ready(server: Server, deadline: float) -> None:

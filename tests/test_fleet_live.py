@@ -31,8 +31,8 @@ import orjson
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from prometheus_server import poll, prometheus, running
-from server import Server, free_port, gateway
+from prometheus_server import poll, prometheus
+from server import Server, free_port, gateway, running
 
 ROOT = Path(__file__).resolve().parent.parent
 ROWS = ROOT / "config" / "data" / "breast_cancer_train.csv"
