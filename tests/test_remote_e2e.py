@@ -308,3 +308,14 @@ def test_an_endpoint_killed_mid_load_fails_fast_or_falls_back_then_recovers(flee
     assert metric(fleet, "gateway_remote_fallbacks_total", endpoint=fleet.flaky.url) >= 1
     poll(lambda: httpx.get(f"{fleet.front.url}/v2/models/flaky/versions/remote/ready").status_code == 200, 10,
          "model ready again")  # fmt: skip
+
+
+def test_promtool_accepts_the_exposition_with_remote_series(fleet: Fleet) -> None:
+    assert post(fleet, "breast_cancer/versions/gpu", body([ROW])).status_code == 200
+    text = httpx.get(f"{fleet.front.url}/metrics").text
+    assert f'gateway_remote_requests_total{{endpoint="{fleet.remote.url}",outcome="success"}}' in text
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool not found: install the Debian package 'prometheus' (.ci/run does)")
+    result = subprocess.run([promtool, "check", "metrics"], input=text.encode(), capture_output=True)
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
