@@ -17,6 +17,7 @@ import yaml
 
 from gateway.errors import ConfigError
 from gateway.fleet.controller import FleetController, load_source
+from gateway.fleet.prometheus import PrometheusError
 from gateway.fleet.publication import HEADER
 from gateway.fleet.recorder import EDGES, Target
 from gateway.fleet.settings import FleetSettings, PrometheusSettings
@@ -63,6 +64,7 @@ class Scripted:
     error_share: float = 0.0
     slowdown: float = 1.0
     applied: bool = True
+    reachable: bool = True  # Prometheus answers
 
 
 class FakeRecorder:
@@ -79,6 +81,8 @@ class FakeRecorder:
         return None
 
     def read(self) -> StepObservations:
+        if not self._fleet.reachable:
+            raise PrometheusError("http://prometheus:9090: ConnectError: refused (query: ...)")
         seconds = self._clock() - self._start
         share = self.target.shares.get("canary", 0.0)
         n = int(100 * seconds)  # 100 requests a second on the route
@@ -204,6 +208,21 @@ async def test_a_step_the_replicas_do_not_apply_never_passes_and_its_deadline_na
     state = controller.controllers["fraud"].state
     assert state.step == 0 and "progress deadline" in state.reason and "replicas: 1 of 2 replica(s)" in state.reason
     assert [r.name for r in controller.controllers["fraud"].results] == ["replicas"]  # no gate judged unseen traffic
+
+
+@pytest.mark.anyio
+async def test_without_prometheus_a_step_holds_at_its_weights(tmp_path: Path) -> None:
+    clock = Clock()
+    fleet = Scripted(reachable=False)
+    controller = make(tmp_path, fleet, clock)
+    before = (tmp_path / "gateway.yaml").read_bytes()
+    for _ in range(300):  # past the step's duration and its progress deadline: no evidence is no verdict
+        clock.now += 1.0
+        await controller.check_once()
+    state = controller.controllers["fraud"].state
+    assert (state.phase, state.step) == ("shadowing", 0) and (tmp_path / "gateway.yaml").read_bytes() == before
+    fleet.reachable = True
+    await run_until(controller, clock, lambda: controller.controllers["fraud"].state.step == 1)
 
 
 @pytest.mark.anyio

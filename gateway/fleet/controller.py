@@ -29,7 +29,7 @@ import yaml
 
 from gateway.config import GatewayConfig, parse_config_bytes
 from gateway.errors import ConfigError
-from gateway.fleet.prometheus import Querier
+from gateway.fleet.prometheus import PrometheusError, Querier
 from gateway.fleet.publication import RoutingFile, check, check_paths, render
 from gateway.fleet.queries import FleetQueries
 from gateway.fleet.recorder import FleetRecorder, PrometheusRecorder, Target
@@ -109,6 +109,7 @@ class FleetController:
         self._source: Source | None = None
         self._seen = ""  # the digest of the source file last read, taken up or rejected
         self._said: dict[str, str] = {}  # route -> its plan as last logged
+        self._rendered: tuple[object, bytes | None] = (None, None)  # what the last render was of, and its bytes
         self._controllers: dict[str, RolloutController] = {}
         self.transitions: dict[tuple[str, str], int] = {}  # (route, phase entered) -> count, for the metrics
         self.dropped: dict[str, int] = {}  # the collector's protocol: a fleet source drops no samples
@@ -116,7 +117,8 @@ class FleetController:
 
     @property
     def controllers(self) -> Mapping[str, RolloutController]:
-        return self._controllers
+        """A copy: the metrics server reads it from its own thread while a reload may add or drop a rollout."""
+        return dict(self._controllers)
 
     def start(self) -> None:
         """Load the source (ConfigError when it is bad: a controller must not start on a config it cannot carry
@@ -135,7 +137,11 @@ class FleetController:
                 continue
             try:
                 evaluation = await asyncio.to_thread(_evaluate, controller)
-            except Exception:  # Prometheus down, a query refused: no evidence either way, the step waits
+            except PrometheusError as exc:  # no evidence either way: the step holds at its weights
+                logger.error("rollout of route %s: no evaluation (%s); trying again in one interval", name, exc)
+                controller.postpone(self._clock())
+                continue
+            except Exception:  # a surprise in one route's evaluation must not stop the others
                 logger.exception("rollout of route %s: evaluation failed; trying again in one interval", name)
                 controller.postpone(self._clock())
                 continue
@@ -248,8 +254,19 @@ class FleetController:
             name: self._plan(source, name, controller.settings, controller.traffic())
             for name, controller in self._controllers.items()
         }
+        key = (
+            source.digest,
+            tuple(
+                (name, plan.shares(), plan.baseline, plan.shadow_to, plan.shadow_percent, plan.order)
+                for name, plan in sorted(plans.items())
+            ),
+        )
+        current = self._file.read()
+        if key == self._rendered[0] and current == self._rendered[1]:
+            return  # nothing changed, and nobody wrote over the file: no need to render it again
         body = render(source.document, plans, source_path=self._settings.source)
-        if body == self._file.read():
+        self._rendered = (key, body)
+        if body == current:
             return
         check(body, output=self._settings.output)
         self._file.write(body)
