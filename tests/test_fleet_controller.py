@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import orjson
 import pytest
@@ -25,6 +26,7 @@ from gateway.rollout.gates import GateResult
 from gateway.rollout.observations import Arm, DriftVerdict, FeedbackVerdict, ShadowArm, StepObservations
 from gateway.shadow.runner import Sink
 from gateway.tap import Tap
+from gateway.webhook import Webhook
 
 ROOT = Path(__file__).resolve().parent.parent
 ROLLOUT = """
@@ -123,7 +125,9 @@ class Clock:
         return self.now
 
 
-def make(tmp: Path, fleet: Scripted, clock: Clock, source: str = SOURCE) -> FleetController:
+def make(
+    tmp: Path, fleet: Scripted, clock: Clock, source: str = SOURCE, webhook: Webhook | None = None
+) -> FleetController:
     (tmp / "gateway.source.yaml").write_text(source)
     settings = FleetSettings(
         source=tmp / "gateway.source.yaml",
@@ -135,7 +139,7 @@ def make(tmp: Path, fleet: Scripted, clock: Clock, source: str = SOURCE) -> Flee
     def recorder(target: Target) -> FakeRecorder:
         return FakeRecorder(target, fleet, clock)
 
-    controller = FleetController(settings, _NoPrometheus(), clock=clock, recorders=recorder)
+    controller = FleetController(settings, _NoPrometheus(), clock=clock, recorders=recorder, webhook=webhook)
     controller.start()
     return controller
 
@@ -198,6 +202,28 @@ async def test_a_candidate_that_errors_is_rolled_back_everywhere(tmp_path: Path)
     route = published(tmp_path)["routes"]["fraud"]
     assert route["split"]["weights"] == {"canary": 0, "stable": 100} and "shadow" not in route
     assert "error_rate" in controller.controllers["fraud"].state.reason
+
+
+@pytest.mark.anyio
+async def test_the_webhook_hears_every_phase_change(tmp_path: Path) -> None:
+    events: list[dict[str, Any]] = []
+
+    def receive(request: httpx.Request) -> httpx.Response:
+        events.append(orjson.loads(request.content))
+        return httpx.Response(204)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(receive)) as client:
+        clock = Clock()
+        source = SOURCE.replace(
+            "state_file: state/fraud.json", "state_file: state/fraud.json\n      webhook_url: http://hooks/r"
+        )
+        webhook = Webhook(client)
+        controller = make(tmp_path, Scripted(error_share=0.05), clock, source, webhook)
+        await run_until(controller, clock, lambda: controller.controllers["fraud"].state.phase == "failed")
+        await webhook.send_pending()
+    assert [(e["event"], e["route"], e["step"]) for e in events] == [
+        ("rollout_validating", "fraud", 1), ("rollout_shadowing", "fraud", 1), ("rollout_failed", "fraud", 1),
+    ]  # fmt: skip
 
 
 @pytest.mark.anyio
