@@ -125,12 +125,15 @@ def _same(shown: tuple[dict[str, float], str | None] | None, published: tuple[di
     )
 
 
+with ROWS.open() as _f:
+    ROWS_CACHE = [[float(v) for v in row[:30]] for row in list(csv.reader(_f))[1:]]
+
+
 class Load:
     """Paced, seeded requests to both replicas on both routes until stopped; failures are counted, not raised."""
 
     def __init__(self, servers: tuple[Server, Server]) -> None:
-        with ROWS.open() as f:
-            self.rows = [[float(v) for v in row[:30]] for row in list(csv.reader(f))[1:]]
+        self.rows = ROWS_CACHE
         self.servers = servers
         self.stop = threading.Event()
         self.answers: dict[tuple[str, int], int] = {}
@@ -164,10 +167,16 @@ class Load:
                 client.close()
 
 
+PROBES = random.Random(7)
+
+
 def routed(client: httpx.Client, route: str, user: str) -> str:
-    """The version the replica behind `client` serves `user` on `route` (from the route header)."""
+    """The version the replica behind `client` serves `user` on `route` (from the route header). A breast_cancer
+    probe is a training row, as the load sends: the drift monitors see every row served, and a made-up one would
+    look like drift."""
     if route == "breast_cancer":
-        body = {"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": [1.0] * 30}]}
+        row = PROBES.choice(ROWS_CACHE)
+        body = {"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": row}]}
     else:
         body = {"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [1.0] * 4}]}
     response = client.post(f"/v2/models/{route}/infer", content=orjson.dumps(body), headers={"x-user-id": user})
@@ -194,7 +203,12 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         servers = tuple(
             stack.enter_context(
                 gateway(
-                    ["--config", str(tmp / "gateway.yaml"), "--admin-port", str(port), "--reload-interval", "0.2"],
+                    [
+                        *("--config", str(tmp / "gateway.yaml"), "--admin-port", str(port), "--reload-interval", "0.2"),
+                        # No shedding on a lagging loop: this shared 2-core machine lags at times, and a refusal
+                        # (503) counts against the version that served it, which is not what this test judges.
+                        *("--max-loop-lag", "0"),
+                    ],
                     tmp / f"gateway-{i}.log",
                     cwd=tmp,
                 )
