@@ -14,7 +14,6 @@ from typing import Any, Literal, TypeAlias, TypeVar
 import yaml
 
 from gateway.errors import ConfigError
-from gateway.remote.settings import RemoteSpec, check_endpoints, parse_remote
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_QUEUE_DELAY_US = 0  # Triton's default: batch only what is already waiting
@@ -47,10 +46,11 @@ class LocalVersion:
 @dataclass(frozen=True, slots=True)
 class RemoteVersion:
     """A version another V2 server serves (gateway/remote): `version` is its name in the route, which is also its
-    label (a remote version has no repository number), and `remote` its parsed block."""
+    label (a remote version has no repository number), and `block` its mapping, which gateway.remote.settings
+    parses (with every other remote block, before anything loads)."""
 
     version: str
-    remote: RemoteSpec
+    block: Mapping[str, Any]
 
 
 VersionSpec: TypeAlias = LocalVersion | RemoteVersion
@@ -342,32 +342,6 @@ def _parse_gateway(data: object, faults: _Faults, *, source: str, base_dir: Path
     drift_webhook = _loose_mapping(top.get("drift_webhook"), "drift_webhook", faults)
     if repository is None or server is None or routes is None:
         return None
-    remote = {
-        f"{_key_path('routes', route.name)}.versions.{name}": spec.remote
-        for route in routes.values()
-        for name, spec in route.versions.items()
-        if isinstance(spec, RemoteVersion)
-    }
-    try:
-        check_endpoints(remote)
-    except ConfigError as exc:
-        where, _, message = str(exc).partition(": ")
-        faults.add(where, message)
-        return None
-    # A version is (model, version) wherever it is named, so one model's remote version name means one remote block.
-    blocks: dict[tuple[str, str], tuple[str, RemoteSpec]] = {}
-    for route in routes.values():
-        for name, spec in route.versions.items():
-            if isinstance(spec, RemoteVersion):
-                path = f"{_key_path('routes', route.name)}.versions.{name}"
-                first = blocks.setdefault((route.model, name), (path, spec.remote))
-                if first[1] != spec.remote:
-                    faults.add(
-                        path,
-                        f"model {route.model} has a remote version {name!r} with another block at {first[0]}; one"
-                        " model's version name is one version: give this one another name",
-                    )
-                    return None
     # abspath, not resolve(): a symlinked repository (a Kubernetes volume swaps a symlink) must be followed on every
     # load, not pinned to whatever it pointed at when the config was parsed.
     model_repository = Path(os.path.abspath(base_dir / Path(repository).expanduser()))
@@ -452,13 +426,12 @@ def _parse_versions(value: object, path: str, faults: _Faults) -> Mapping[str, V
             faults.add(item_path, f"version name {name!r} must start with a letter and match {VERSION_NAME.pattern}")
             ok = False
             continue
-        if isinstance(item, dict) and "endpoint" in item:
-            try:
-                versions[name] = RemoteVersion(name, parse_remote(item, item_path))
-            except ConfigError as exc:  # the remote package names the key: "path.key: message"
-                where, _, message = str(exc).partition(": ")
-                faults.add(where, message)
+        if isinstance(item, dict) and "endpoint" in item:  # its fields are gateway.remote's (loose here)
+            block = _loose_mapping(item, item_path, faults)
+            if block is None:
                 ok = False
+            else:
+                versions[name] = RemoteVersion(name, block)
             continue
         number = _parse_version_number(item, item_path, faults)
         if number is None:

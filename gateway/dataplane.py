@@ -28,8 +28,6 @@ from gateway.inference import InferenceRequest, InferenceResponse, Tensor
 from gateway.metrics import Metrics, VersionMetrics
 from gateway.predlog import Datatypes, PredictionLog
 from gateway.protocol import decode_request, encode_response, parse_header_length, requested_outputs
-from gateway.remote.settings import RemoteSource
-from gateway.repository import VersionSource
 from gateway.routing import Decision, RoutingTable, Target
 from gateway.shadow.runner import ShadowLane
 from gateway.tally import Count
@@ -41,6 +39,22 @@ PLATFORM = "onnxruntime_onnx"  # what Triton reports for ONNX models; clients sh
 # An awaitable producing an Execution: a backend's infer or a batcher's submit, given the inputs and, for admission
 # when the request must wait, its headers and perf_counter start.
 Runner = Callable[[Arrays, Mapping[str, str], float], Any]
+
+
+class Source(Protocol):
+    """Where a served version comes from: a repository folder (repository.VersionSource) or another V2 server
+    (gateway/remote's RemoteSource)."""
+
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def version(self) -> int | str: ...
+
+    @property
+    def metadata(self) -> Mapping[str, Any]:
+        """Shown under `parameters` in the model metadata answer."""
+        ...
 
 
 class Channels(NamedTuple):
@@ -82,7 +96,7 @@ class Remote(Protocol):
 class Served:
     """One loaded model version, ready to run: its backend, how to reach it and the metric children it records into."""
 
-    source: VersionSource | RemoteSource
+    source: Source
     backend: Backend
     metrics: VersionMetrics
     infer: Runner

@@ -16,6 +16,7 @@ from gateway.errors import ConfigError
 from gateway.experiment.settings import RouteExperiment, parse_experiment_settings
 from gateway.loader import Key, Loaded
 from gateway.paths import check_contained
+from gateway.remote.settings import parse_remote_versions
 from gateway.rollout.settings import RolloutSettings, parse_rollout_settings
 from gateway.shadow.settings import ShadowSettings, parse_shadow_settings
 
@@ -59,6 +60,10 @@ def parse_features(config: GatewayConfig) -> Features:
     shadow: dict[str, ShadowSettings | None] = {}
     rollout: dict[str, RolloutSettings | None] = {}
     experiment: dict[str, RouteExperiment | None] = {}
+    try:
+        parse_remote_versions(config)  # remote versions' blocks (gateway/remote), checked before anything loads
+    except ConfigError as exc:
+        raise ConfigError(f"{config.source}: {exc}") from exc
     batching: dict[Key, tuple[str, object]] = {}
     for name, route in config.routes.items():
         for spec in route.versions.values():

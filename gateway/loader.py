@@ -30,7 +30,7 @@ from gateway.drift.sampler import DriftKey
 from gateway.errors import ModelLoadError
 from gateway.metrics import Metrics, VersionMetrics
 from gateway.remote.registry import EndpointRegistry
-from gateway.remote.settings import RemoteSpec
+from gateway.remote.settings import RemoteSpec, parse_remote, version_path
 from gateway.repository import METADATA_FILE, MODEL_FILE, VersionSource, locate, scan_models
 
 logger = logging.getLogger(__name__)
@@ -161,7 +161,8 @@ class VersionLoader:
             spec = route.versions[name]
             try:
                 if isinstance(spec, RemoteVersion):
-                    loaded[key] = self._remote(config, route, name, spec.remote, previous.get(key))
+                    remote = parse_remote(spec.block, f"{version_path(route.name)}.versions.{name}")  # checked already
+                    loaded[key] = self._remote(config, route, name, remote, previous.get(key))
                 else:
                     loaded[key] = self.load(config.model_repository, (key[0], spec.version), previous.get(key),
                                             route.batching)  # fmt: skip
@@ -183,7 +184,7 @@ class VersionLoader:
         stamp = self._remotes.stamp(spec, config.base_dir)
         if previous is not None and previous.stamp == stamp:
             return previous
-        where = f"routes.{route.name}.versions.{name}"
+        where = f"{version_path(route.name)}.versions.{name}"
         version = self._remotes.build(
             route.model, name, spec, where=where, config_dir=config.base_dir, repository=config.model_repository
         )

@@ -276,16 +276,6 @@ BAD: list[tuple[str, str, str]] = [
         "routes.fraud.versions.canary.url: a remote version names its server with `endpoint` (and `model`), not `url`",
     ),
     (
-        "remote version without a model",
-        MINIMAL.replace("canary: 2", "canary: {endpoint: 'http://triton:8000'}"),
-        "routes.fraud.versions.canary.model: is required",
-    ),
-    (
-        "remote version with a bad endpoint",
-        MINIMAL.replace("canary: 2", "canary: {endpoint: 'triton:8000', model: m}"),
-        "routes.fraud.versions.canary.endpoint: must be an http(s) URL with a host",
-    ),
-    (
         "unknown key in long version form",
         MINIMAL.replace("canary: 2", "canary: {version: 2, tag: x}"),
         "routes.fraud.versions.canary.tag: unknown key (allowed: version)",

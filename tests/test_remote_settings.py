@@ -9,7 +9,8 @@ import pytest
 
 from gateway.config import RemoteVersion, parse_config
 from gateway.errors import ConfigError
-from gateway.remote.settings import EjectionSettings, PoolSettings, RemoteSpec, parse_remote
+from gateway.generation import parse_features
+from gateway.remote.settings import EjectionSettings, PoolSettings, RemoteSpec, parse_remote, parse_remote_versions
 
 
 def routes(*versions: Mapping[str, object]) -> dict[str, object]:
@@ -61,21 +62,32 @@ def test_faults_name_their_key(block: dict[str, object], message: str) -> None:
         parse_remote(block, "v")
 
 
+def remote_versions(data: dict[str, object]) -> dict[tuple[str, str], RemoteSpec]:
+    return parse_remote_versions(parse_config(data, source="c", base_dir=Path("/tmp")))
+
+
 def test_the_config_carries_remote_versions_named_by_their_version_name() -> None:
     config = parse_config(routes({"endpoint": "http://t:1", "model": "m"}), source="c", base_dir=Path("/tmp"))
     spec = config.routes["m"].versions["r0"]
-    assert isinstance(spec, RemoteVersion) and spec.version == "r0" and spec.remote.model == "m"
+    assert isinstance(spec, RemoteVersion) and spec.version == "r0" and spec.block["model"] == "m"
+    assert parse_remote_versions(config) == {("m", "r0"): RemoteSpec("http://t:1", "m")}
+
+
+def test_a_bad_block_rejects_the_config_before_anything_loads_naming_its_key() -> None:
+    config = parse_config(routes({"endpoint": "triton:8000", "model": "m"}), source="c.yaml", base_dir=Path("/tmp"))
+    with pytest.raises(ConfigError, match=r"^c\.yaml: routes\.m\.versions\.r0\.endpoint: must be an http\(s\) URL"):
+        parse_features(config)
 
 
 def test_versions_naming_one_endpoint_must_agree_on_its_settings() -> None:
     same = {"endpoint": "http://t:1", "model": "a", "pool": {"max_connections": 5}}
-    parse_config(routes(same, {**same, "model": "b"}), source="c", base_dir=Path("/tmp"))
+    remote_versions(routes(same, {**same, "model": "b"}))
     with pytest.raises(ConfigError, match=r"routes\.m\.versions\.r1: endpoint http://t:1 has other pool, ejection"):
-        parse_config(routes(same, {"endpoint": "http://t:1", "model": "b"}), source="c", base_dir=Path("/tmp"))
+        remote_versions(routes(same, {"endpoint": "http://t:1", "model": "b"}))
 
 
 def test_one_models_remote_version_name_means_one_block_across_routes() -> None:
     data = routes({"endpoint": "http://t:1", "model": "a"})
     data["routes"]["n"] = {"model": "m", "versions": {"r0": {"endpoint": "http://t:1", "model": "b"}}}  # type: ignore[index]
     with pytest.raises(ConfigError, match=r"routes\.n\.versions\.r0: model m has a remote version 'r0' with another"):
-        parse_config(data, source="c", base_dir=Path("/tmp"))
+        remote_versions(data)

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 from prometheus_client import CollectorRegistry
 
-from gateway.config import GatewayConfig, RemoteVersion
+from gateway.config import GatewayConfig
 from gateway.drift.profile import Profile, load_profile
 from gateway.errors import GatewayError, ModelLoadError
 from gateway.paths import check_contained
@@ -32,7 +32,7 @@ from gateway.remote.backend import RemoteBackend
 from gateway.remote.endpoint import Endpoint
 from gateway.remote.metadata import parse_metadata
 from gateway.remote.metrics import RemoteMetrics
-from gateway.remote.settings import EndpointSettings, RemoteSource, RemoteSpec
+from gateway.remote.settings import EndpointSettings, RemoteSource, RemoteSpec, parse_remote_versions
 
 logger = logging.getLogger(__name__)
 
@@ -139,12 +139,7 @@ class EndpointRegistry:
 
     def sync(self, config: GatewayConfig) -> None:
         """Keep the endpoints the serving config names (a listener of the reloader's swaps)."""
-        self.retain(
-            spec.remote.endpoint
-            for route in config.routes.values()
-            for spec in route.versions.values()
-            if isinstance(spec, RemoteVersion)
-        )
+        self.retain(spec.endpoint for spec in parse_remote_versions(config).values())
 
     def retain(self, urls: Iterable[str]) -> None:
         """Keep the endpoints at `urls` (the serving config's); close the others once their requests are done."""

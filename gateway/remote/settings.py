@@ -32,6 +32,7 @@ from typing import Any, Literal, TypeAlias
 from urllib.parse import urlsplit
 
 from gateway import fields
+from gateway.config import GatewayConfig, RemoteVersion
 from gateway.errors import ConfigError
 
 Fallback: TypeAlias = Literal["none", "baseline"]
@@ -162,7 +163,38 @@ def parse_endpoint(value: object, path: str) -> str:
     return value.rstrip("/")
 
 
-def check_endpoints(specs: Mapping[str, RemoteSpec]) -> None:
+def parse_remote_versions(config: GatewayConfig) -> dict[tuple[str, str], RemoteSpec]:
+    """Every remote version's block, parsed, by (model, version name): what the loader builds. ConfigError naming
+    the key for a bad block, for a model's version name given two different blocks (a version is (model, name)
+    wherever it is named), and for one endpoint given two sets of settings."""
+    specs: dict[tuple[str, str], RemoteSpec] = {}
+    where: dict[tuple[str, str], str] = {}
+    by_path: dict[str, RemoteSpec] = {}
+    for route in config.routes.values():
+        for name, version in route.versions.items():
+            if not isinstance(version, RemoteVersion):
+                continue
+            path = f"{version_path(route.name)}.versions.{name}"
+            spec = parse_remote(version.block, path)
+            key = (route.model, name)
+            first = specs.setdefault(key, spec)
+            where.setdefault(key, path)
+            if first != spec:
+                raise ConfigError(
+                    f"{path}: model {route.model} has a remote version {name!r} with another block at {where[key]};"
+                    " one model's version name is one version: give this one another name"
+                )
+            by_path[path] = spec
+    _check_endpoints(by_path)
+    return specs
+
+
+def version_path(route: str) -> str:
+    """`routes.fraud`, or `routes['fraud.v2']` where the name would make the dotted path ambiguous (as config.py)."""
+    return f"routes.{route}" if re.fullmatch(r"[A-Za-z0-9_-]+", route) else f"routes[{route!r}]"
+
+
+def _check_endpoints(specs: Mapping[str, RemoteSpec]) -> None:
     """Every version naming an endpoint gives it the same settings (one pool, one ejection state per endpoint);
     `specs` maps each version's key path to its spec. ConfigError naming both paths otherwise."""
     first: dict[str, tuple[str, EndpointSettings]] = {}
