@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway.errors import ProtocolError, RemoteError, RemoteTimeoutError, RemoteUnavailableError
 from gateway.remote.answer import MalformedAnswerError, fix, leading
+from gateway.remote.connections import LeanTransport
 from gateway.remote.endpoint import Endpoint
 from gateway.remote.metrics import RemoteMetrics
 from gateway.remote.registry import EndpointRegistry
@@ -197,8 +198,9 @@ def test_one_pool_per_endpoint_with_its_limits_kept_across_reloads() -> None:
     settings = EndpointSettings(pool=PoolSettings(max_connections=7, max_keepalive=3, keepalive_expiry=2.0))
     first = registry.endpoint(URL, settings)
     assert registry.endpoint(URL, settings) is first  # a second version, or a reload, on the same endpoint
-    pool = first._client._transport._pool  # type: ignore[attr-defined]
-    assert (pool._max_connections, pool._max_keepalive_connections, pool._keepalive_expiry) == (7, 3, 2.0)
+    pool = first._client._transport
+    assert isinstance(pool, LeanTransport)
+    assert (pool._max, pool._keep, pool._expiry) == (7, 3, 2.0)
     other = registry.endpoint(URL, EndpointSettings())
     assert other is not first and registry.endpoints() == (other,)  # new settings: a new pool replaces it
     registry.retain([])

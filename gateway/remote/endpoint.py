@@ -23,6 +23,7 @@ import httpx
 
 from gateway.errors import GatewayError, RemoteError, RemoteTimeoutError, RemoteUnavailableError
 from gateway.remote.answer import MalformedAnswerError, error_of
+from gateway.remote.connections import LeanTransport
 from gateway.remote.ejection import Ejection
 from gateway.remote.metrics import EndpointMetrics, RemoteMetrics
 from gateway.remote.settings import EndpointSettings
@@ -56,12 +57,9 @@ class Endpoint:
             keepalive_expiry=pool.keepalive_expiry,
         )
         # trust_env off: a proxy from the environment must not come between the gateway and its model servers.
-        self._client = httpx.AsyncClient(
-            base_url=url,
-            headers=_HEADERS,
-            transport=transport if transport is not None else httpx.AsyncHTTPTransport(limits=limits, retries=0),
-            trust_env=False,
-        )
+        self._transport = transport if transport is not None else _transport(url, limits)
+        self._client = httpx.AsyncClient(base_url=url, headers=_HEADERS, transport=self._transport, trust_env=False)
+        self._base = url.rstrip("/")
         self._sync_transport = sync_transport
         self._sync: httpx.Client | None = None  # made on first use: metadata at load, validation runs
         self.ejection = Ejection(settings.ejection, clock)
@@ -136,15 +134,15 @@ class Endpoint:
     async def _exchange(
         self, path: str, body: bytes, headers: Mapping[str, str], timeout: float, connect_timeout: float
     ) -> httpx.Response:
-        phases = httpx.Timeout(timeout, connect=connect_timeout)
+        phases = {"connect": connect_timeout, "read": timeout, "write": timeout, "pool": timeout}
         try:
             async with asyncio.timeout(timeout):
                 try:
-                    return await self._client.post(path, content=body, headers=headers, timeout=phases)
+                    return await self._post(path, body, headers, phases)
                 except (httpx.ConnectError, httpx.ConnectTimeout):
                     # No connection was made: the request never reached the server, so one more try is safe.
                     self.metrics.retries.value += 1
-                    return await self._client.post(path, content=body, headers=headers, timeout=phases)
+                    return await self._post(path, body, headers, phases)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             refused = RemoteUnavailableError(f"remote endpoint {self.url}: cannot connect: {exc!r}")
             raise _ExchangeError("connect", refused) from exc
@@ -156,6 +154,18 @@ class Endpoint:
             raise _ExchangeError("disconnect", dropped) from exc
         except httpx.HTTPError as exc:
             raise _ExchangeError("malformed", RemoteError(f"remote endpoint {self.url}: {exc!r}")) from exc
+
+    async def _post(
+        self, path: str, body: bytes, headers: Mapping[str, str], phases: dict[str, float]
+    ) -> httpx.Response:
+        """One POST straight to the transport: the client layer (auth, redirects, cookies, hooks, URL merging) is
+        half of a forwarded request's CPU when the transport is lean, and a forward needs none of it."""
+        request = httpx.Request(
+            "POST", self._base + path, content=body, headers={**_HEADERS, **headers}, extensions={"timeout": phases}
+        )
+        response = await self._transport.handle_async_request(request)
+        await response.aread()
+        return response
 
     def get(self, path: str, timeout: float) -> httpx.Response:
         """A blocking GET (metadata when a version loads, in the loader's thread); transport faults as errors."""
@@ -218,6 +228,14 @@ class Endpoint:
 
     def _ready_value(self) -> float:
         return 0.0 if self.ready is False else 1.0
+
+
+def _transport(url: str, limits: httpx.Limits) -> httpx.AsyncBaseTransport:
+    """The lean keep-alive transport for plain http (5x less CPU a request than httpx's own, see connections.py);
+    httpx's for https."""
+    if httpx.URL(url).scheme == "http":
+        return LeanTransport(limits)
+    return httpx.AsyncHTTPTransport(limits=limits, retries=0)
 
 
 class _ExchangeError(Exception):
