@@ -8,55 +8,26 @@ success); a pip failure raises `MlserverSetupError` and the comparison goes on w
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.servers import ServerSpec, free_port
+from benchmarks.sidevenv import SetupError, ensure
 
 RUNTIME_SOURCE = Path(__file__).resolve().parent / "baselines" / "mlserver_onnx" / "runtime.py"
 # MLServer 1.7's worker processes call asyncio.get_event_loop() with no loop set, which uvloop 0.22 turned into an
 # error: its default (worker pool) mode only starts with an older uvloop.
 _PACKAGES = ("mlserver", "uvloop<0.22", "onnxruntime", "numpy")
-_STAMP = ".installed"
 
 
-class MlserverSetupError(Exception):
+class MlserverSetupError(SetupError):
     """The MLServer virtualenv could not be created or installed into."""
 
 
 def ensure_venv(venv: Path, *, log: Callable[[str], None] = print, timeout_s: float = 1200.0) -> Path:
     """The virtualenv's python, creating the environment and installing MLServer into it first if needed."""
-    python = venv / "bin" / "python"
-    stamp = venv / _STAMP
-    wanted = " ".join(_PACKAGES)
-    if stamp.exists() and python.exists() and stamp.read_text().splitlines()[:1] == [wanted]:
-        return python
-    venv.parent.mkdir(parents=True, exist_ok=True)
-    # Keep the environments out of git, ruff and anything else that honours .gitignore, as virtualenv itself does.
-    (venv.parent / ".gitignore").write_text("*\n")
-    log(f"setting up the MLServer virtualenv at {venv} (pip install {wanted}; takes a few minutes)")
-    steps = [] if python.exists() else [[sys.executable, "-m", "venv", str(venv)]]
-    steps.append([str(python), "-m", "pip", "install", "--quiet", *_PACKAGES])
-    for command in steps:
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise MlserverSetupError(f"{' '.join(command[:4])}: {exc}") from exc
-        if done.returncode != 0:
-            raise MlserverSetupError(f"{' '.join(command[:4])} failed: {(done.stderr or done.stdout)[-1500:]}")
-    probe = subprocess.run(
-        [str(python), "-c", "import mlserver, onnxruntime; print(mlserver.__version__)"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if probe.returncode != 0:
-        raise MlserverSetupError(f"mlserver does not import: {probe.stderr[-1500:]}")
-    log(f"MLServer {probe.stdout.strip()} installed")
-    stamp.write_text(f"{wanted}\nmlserver {probe.stdout}")
-    return python
+    probe = "import mlserver, onnxruntime; print(mlserver.__version__)"
+    return ensure(venv, _PACKAGES, probe, error=MlserverSetupError, prefer_uv=False, timeout_s=timeout_s, log=log)
 
 
 def write_model_folder(folder: Path, repository: Path, *, parallel_workers: int | None) -> Path:
