@@ -362,6 +362,15 @@ def test_path_benchmark_drives_every_case_to_a_200(tmp_path: Path) -> None:
     assert all(float(r.split()[-1]) > 0 for r in ratios)
 
 
+def test_batched_path_benchmark_answers_every_connection_and_prints_the_ratio() -> None:
+    # Its rounds check every one of the 32 answers is a 200 (else it exits non-zero, which _run_module reports).
+    done = _run_module("benchmarks.bench_batched_path", "--count", "5", "--repeats", "1", timeout=180)
+    lines = done.stdout.strip().splitlines()
+    assert [line.split(",")[0].split(" (")[0] for line in lines[:2]] == ["gateway", "in-process ceiling"], done.stdout
+    assert all(line.endswith(" us") and float(line.split()[-2]) > 0 for line in lines[:2]), done.stdout
+    assert lines[2].startswith("ceiling / gateway") and float(lines[2].split()[-1]) > 0, done.stdout
+
+
 def test_shadow_benchmark_measures_both_routes(tmp_path: Path) -> None:
     out = tmp_path / "shadow.json"
     _run_module("benchmarks.bench_shadow", "--smoke", "--json", str(out), timeout=240)
