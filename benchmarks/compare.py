@@ -8,7 +8,9 @@ The gateway runs three ways: bare (the repository alone), with dynamic batching 
 (`gateway-deployed`: a drift profile on every version sampled at the default 0.1, the prediction log at 0.1, metrics,
 batching on the medium model). Every cell also measures `raw`, a fixed-reply server on bare uvloop protocols: the
 most any Python server reaches with this load generator, the physical limit beside every ratio. The batched medium
-model is also put over its in-process ceiling (`benchmarks.ceiling`: decode, one batch-32 run and encode, no HTTP).
+model is also put over its in-process ceiling (`benchmarks.ceiling`: decode, one batch-32 run and encode, no HTTP),
+beside `raw-batching` (`baselines/rawbatch.py`): the ceiling's work behind raw uvloop protocols and real sockets with
+nothing else, the most batched serving over HTTP reaches on the machine at hand.
 
     python -m benchmarks.compare                      # full run: 3 interleaved rounds of 5 s per cell
     python -m benchmarks.compare --smoke              # a few seconds per cell, tiny model, no batching, no MLServer
@@ -46,7 +48,7 @@ from benchmarks.servers import RunningServer, ServerError, ServerSpec, pin_prefi
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = PROJECT_ROOT / "benchmarks" / "results"
 MLSERVER_VENV = PROJECT_ROOT / "benchmarks" / ".venvs" / "mlserver"
-SYSTEMS = ("raw", "floor", "fastapi", "gateway", "gateway-batching", "gateway-deployed")
+SYSTEMS = ("raw", "raw-batching", "floor", "fastapi", "gateway", "gateway-batching", "gateway-deployed")
 MLSERVER_SYSTEMS = ("mlserver", "mlserver-default")
 
 
@@ -135,6 +137,13 @@ def server_specs(
     quiet = ("--log-level", "warning", "--drain-delay", "0")  # no per-request logging; stop at once when done
     specs = [
         ServerSpec("raw", (python, "-m", "benchmarks.baselines.rawhttp", *hostport), env=env, cwd=PROJECT_ROOT),
+        ServerSpec(
+            "raw-batching",
+            (python, "-m", "benchmarks.baselines.rawbatch", "--model-repository", str(repository), *hostport),
+            env=env,
+            cwd=PROJECT_ROOT,
+            models=frozenset({"medium"}),
+        ),
         ServerSpec("floor", (python, "-m", "benchmarks.baselines.floor", *hostport), env=env, cwd=PROJECT_ROOT),
         ServerSpec(
             "fastapi",

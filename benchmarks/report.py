@@ -9,7 +9,7 @@ from typing import Any
 from benchmarks.loadgen import LoadResult
 
 GATEWAYS = ("gateway", "gateway-batching", "gateway-deployed")
-BASELINES = ("raw", "floor", "fastapi", "mlserver", "mlserver-default")
+BASELINES = ("raw", "raw-batching", "floor", "fastapi", "mlserver", "mlserver-default")
 DEPLOYED_SHARE = 0.95  # the gateway as deployed keeps at least this share of the bare gateway's req/s
 BATCH_CEILING_SHARE = 0.55  # the batched gateway reaches at least this share of the in-process batch ceiling
 NOISY_BACKGROUND_CPU = 0.2  # cores used by other processes during a cell above which its numbers are suspect
@@ -160,6 +160,9 @@ class Report:
             share = batched.rps / ceiling
             batch = self.batch_ceiling.batch
             detail = f"{share:.2f}x ({batched.rps:,.0f} req/s of {ceiling:,.0f} rows/s at batch {batch})"
+            raw = self.row("raw-batching", medium)
+            if raw is not None and raw.ok:  # what batching over HTTP reaches here with no framework at all
+                detail += f"; raw-batching {raw.rps / ceiling:.2f}x ({raw.rps:,.0f} req/s)"
             out.append(Target(name, share >= BATCH_CEILING_SHARE, detail))
         r = ratios.get((medium, "gateway-batching", "fastapi"))
         out.append(

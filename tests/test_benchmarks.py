@@ -284,6 +284,16 @@ def test_report_judges_the_deployed_gateway_and_the_batch_ceiling() -> None:
     assert targets(9400, 5600)[share] == (False, "0.940x")
     assert targets(9600, 5600)[ceiling] == (True, "0.56x (5,600 req/s of 10,000 rows/s at batch 32)")  # the larger
     assert targets(9600, 5400)[ceiling][0] is False
+    # With the framework-free batching server measured, its share of the ceiling stands beside the gateway's, and the
+    # gateway's req/s over it is a ratio like any other baseline's.
+    rows = (Row("gateway-batching", medium, result(4000)), Row("raw-batching", medium, result(6000)))
+    report = Report("t", {}, rows, batch_ceiling=BatchCeiling("medium", 32, (10000.0,)))
+    judged = {t.name: (t.passed, t.detail) for t in report.targets()}
+    assert judged[ceiling] == (
+        False,
+        "0.40x (4,000 req/s of 10,000 rows/s at batch 32); raw-batching 0.60x (6,000 req/s)",
+    )
+    assert [(r.baseline, round(r.rps, 3)) for r in report.ratios()] == [("raw-batching", 0.667)]
 
 
 def test_rounds_report_the_median_attempt_with_every_rounds_rate() -> None:
@@ -369,6 +379,50 @@ def test_batched_path_benchmark_answers_every_connection_and_prints_the_ratio() 
     assert [line.split(",")[0].split(" (")[0] for line in lines[:2]] == ["gateway", "in-process ceiling"], done.stdout
     assert all(line.endswith(" us") and float(line.split()[-2]) > 0 for line in lines[:2]), done.stdout
     assert lines[2].startswith("ceiling / gateway") and float(lines[2].split()[-1]) > 0, done.stdout
+
+
+def test_raw_batching_baseline_batches_concurrent_requests_and_answers_each_its_own_rows(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor as Pool
+
+    import httpx
+
+    from benchmarks.servers import ServerSpec, start_server
+    from gateway.backends.onnx import OnnxBackend, OnnxOptions
+    from gateway.fastlane import FastLane
+
+    model = write_repository(tmp_path / "models", [TINY])["tiny"]
+    spec = ServerSpec(
+        "raw-batching",
+        (
+            sys.executable,
+            "-m",
+            "benchmarks.baselines.rawbatch",
+            "--model-repository",
+            str(tmp_path / "models"),
+            "--host",
+            "{host}",
+            "--port",
+            "{port}",
+        ),  # fmt: skip
+        cwd=ROOT,
+    )
+    server = start_server(spec, log_dir=tmp_path / "logs")
+    try:
+        url = f"{server.base_url}/v2/models/tiny/infer"
+        bodies = [build_body([{"name": "input", "datatype": "FP32", "shape": [-1, 16]}], seed=s) for s in range(24)]
+        with httpx.Client(timeout=10.0) as client, Pool(max_workers=8) as pool:
+            answers = list(pool.map(lambda b: client.post(url, content=b), bodies))  # 8 at once: batches form
+            refused = client.post(f"{server.base_url}/v2/models/nothing/infer", content=bodies[0])
+        backend = OnnxBackend(model, OnnxOptions(), Pool(max_workers=1))
+        lane = FastLane(backend.signature, "1")
+        for body, answer in zip(bodies, answers, strict=True):
+            decoded = lane.decode(body)
+            assert decoded is not None
+            expected = lane.encode(backend.run(decoded[0]).outputs, "tiny", None)
+            assert answer.status_code == 200 and answer.content == expected  # its own rows, not a neighbour's
+        assert refused.status_code == 400
+    finally:
+        server.stop()
 
 
 def test_shadow_benchmark_measures_both_routes(tmp_path: Path) -> None:
