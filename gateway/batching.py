@@ -90,7 +90,7 @@ class BatchingMetrics:
     `gateway_batch_inferences_total` counts rows like Triton's `nv_inference_count`, so inferences / executions is
     the average batch size as in Triton; `gateway_batch_requests_total` counts requests. Every one but the queue
     depth is written on the event loop only (a batch is formed and counted there), so they are the request path's
-    lock-free kind (gateway/tally.py): a batch of 32 observed 32 queue times through prometheus_client's lock.
+    lock-free kind (gateway/tally.py), not prometheus_client's, which takes a lock per observation (36 a batch of 32).
     """
 
     def __init__(self, registry: CollectorRegistry, *, max_rows: int = 1024) -> None:
