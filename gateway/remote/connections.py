@@ -36,7 +36,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
-        self._parser = httptools.HttpResponseParser(self)
+        self._parser: httptools.HttpResponseParser  # one per exchange, made when it starts
         self._answer: asyncio.Future[_Answer] | None = None
         self._status = 0
         self._headers: list[tuple[bytes, bytes]] = []
@@ -90,9 +90,11 @@ class _Connection(asyncio.Protocol):
         self._answer = answer
         self._status, self._headers, self._body = 0, [], []
         self._parser = httptools.HttpResponseParser(self)
-        self.transport.write(head + body if len(body) < 65536 else head)
-        if len(body) >= 65536:
-            self.transport.write(body)  # a large body is not copied into the head
+        if len(body) < 65536:
+            self.transport.write(head + body)
+        else:  # a large body is not copied into the head
+            self.transport.write(head)
+            self.transport.write(body)
         try:
             return await answer
         finally:
